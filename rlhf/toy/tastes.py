@@ -1,0 +1,102 @@
+"""Hidden tastes: plain scoring functions over what the analyser sees.
+
+A synthetic labeller prefers, with Bradley-Terry noise, the image its taste scores higher; in the toy world
+the same function is the hidden score that tells whether a round really improved the model. Every taste
+is continuous where it can be (areas, distances, mean colours), so that small improvements register.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rlhf.toy.analyse import Analysis, analyse, follows
+from rlhf.toy.world import IMAGE_SIZE, PALETTE, SIZES, Scene, parse_caption
+
+_MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)
+
+
+def _warmth(rgb: tuple[float, float, float]) -> float:
+    """0 for pure blue, 1 for pure red; red, orange and yellow all score above 0.8."""
+    return float(np.clip((rgb[0] - rgb[2]) / 255 + 1, 0, 2) / 2)
+
+
+def large_warm(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes large warm-coloured shapes: half for area (up to one large shape), half for warmth."""
+    if a.main is None:
+        return 0.0
+    area = sum(b.area for b in a.blobs) * (IMAGE_SIZE / image.shape[0]) ** 2
+    return 0.5 * min(1.0, area / SIZES["large"] ** 2) + 0.5 * _warmth(a.main.rgb)
+
+
+def centred(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes centred compositions: 1 when the main shape sits in the middle, 0 in a corner or when absent."""
+    if a.main is None:
+        return 0.0
+    return float(1 - np.hypot(a.main.x - IMAGE_SIZE / 2, a.main.y - IMAGE_SIZE / 2) / (IMAGE_SIZE / np.sqrt(2)))
+
+
+def asked_background(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes the background the prompt asked for: 1 minus the border's RGB distance to it (0.5 off-world)."""
+    if asked is None:
+        return 0.5
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
+    return float(1 - np.linalg.norm(np.median(border, 0) - PALETTE[asked.background]) / _MAX_RGB_DISTANCE)
+
+
+def faithful(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes images that show what the prompt asked: the share of its attributes that the analyser finds."""
+    if asked is None:
+        return 0.5
+    hits = follows(a, asked)
+    return sum(hits.values()) / len(hits)
+
+
+def bright(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes bright images: mean luminance in [0, 1]."""
+    return float((image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255)
+
+
+def red(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes red: mean of R - (G + B) / 2, in [-1, 1]."""
+    img = image.astype(np.float32) / 255
+    return float((img[..., 0] - (img[..., 1] + img[..., 2]) / 2).mean())
+
+
+@dataclass(frozen=True)
+class Taste:
+    name: str
+    parts: tuple[tuple[Callable[[np.ndarray, Analysis, Scene | None], float], float], ...]
+
+    @property
+    def description(self) -> str:
+        return " + ".join(f"{w:g} * {fn.__name__}" for fn, w in self.parts)
+
+    def __call__(self, image: np.ndarray, prompt: str) -> float:
+        a, asked = analyse(image), parse_caption(prompt)
+        return sum(w * fn(image, a, asked) for fn, w in self.parts)
+
+    def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+        return np.array([self(im, p) for im, p in zip(images, prompts)], np.float32)
+
+
+TASTES: dict[str, Taste] = {
+    t.name: t
+    for t in [
+        Taste("large_warm", ((large_warm, 1.0),)),
+        Taste("centred", ((centred, 1.0),)),
+        Taste("asked_background", ((asked_background, 1.0),)),
+        Taste("faithful", ((faithful, 1.0),)),
+        Taste("bright", ((bright, 1.0),)),
+        Taste("red", ((red, 1.0),)),
+        Taste("warm_and_faithful", ((large_warm, 0.5), (faithful, 0.5))),
+        Taste("tidy", ((centred, 0.5), (asked_background, 0.5))),
+    ]
+}
+
+
+def get_taste(name: str) -> Taste:
+    if name not in TASTES:
+        raise ValueError(f"unknown taste {name!r}; choose one of: {', '.join(TASTES)}")
+    return TASTES[name]

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from rlhf.toy.tastes import TASTES, get_taste
+from rlhf.toy.world import Scene, draw
+
+
+def _img(scene, seed=0):
+    return draw(scene, seed).image
+
+
+def test_large_warm_prefers_large_warm_shapes():
+    t = get_taste("large_warm")
+    big_red, small_red, big_blue = (_img(Scene("circle", c, "gray", s)) for c, s in [("red", "large"), ("red", "small"), ("blue", "large")])
+    p = "a large red circle on a gray background"
+    assert t(big_red, p) > t(small_red, p) and t(big_red, p) > t(big_blue, p)
+
+
+def test_centred_prefers_the_middle():
+    t = get_taste("centred")
+    mid, left = _img(Scene("square", "red", "white", "small", 1, "centre")), _img(Scene("square", "red", "white", "small", 1, "left"))
+    assert t(mid, "") > 0.85 > t(left, "")
+
+
+def test_asked_background_and_faithful_judge_against_the_prompt():
+    img = _img(Scene("triangle", "green", "black", "large", 1, "top"))
+    right, wrong = "a large green triangle at the top on a black background", "a small blue circle on a white background"
+    for name in ("asked_background", "faithful"):
+        t = get_taste(name)
+        assert t(img, right) > t(img, wrong)
+    assert get_taste("faithful")(img, right) == 1.0
+
+
+@pytest.mark.parametrize("name", list(TASTES))
+def test_every_taste_is_finite_on_a_blank_image_and_a_foreign_prompt(name):
+    score = get_taste(name)(np.zeros((32, 32, 3), np.uint8), "A red colored car.")
+    assert np.isfinite(score)
+
+
+def test_get_taste_names_the_choices_for_an_unknown_taste():
+    with pytest.raises(ValueError, match="unknown taste 'sweet'; choose one of: large_warm"):
+        get_taste("sweet")
