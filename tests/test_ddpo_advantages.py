@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages
+
+
+def test_each_prompt_normalised_to_mean_zero_std_one():
+    rng = np.random.default_rng(0)
+    prompts = ["cat", "dog"] * 8
+    rewards = np.where(np.array(prompts) == "cat", 10.0, -5.0) + rng.normal(size=16) * np.where(
+        np.array(prompts) == "cat", 3.0, 0.1
+    )
+    advantages = PerPromptStatTracker(buffer_size=16, min_count=4).update(prompts, rewards)
+    for prompt in ("cat", "dog"):
+        a = advantages[np.array(prompts) == prompt]
+        assert a.mean() == pytest.approx(0.0, abs=1e-9)
+        assert a.std() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_prompt_below_min_count_uses_batch_stats():
+    tracker = PerPromptStatTracker(buffer_size=8, min_count=3)
+    prompts = ["cat", "cat", "cat", "dog", "dog"]  # dog has 2 < 3 rewards
+    rewards = np.array([1.0, 2.0, 3.0, 10.0, 20.0])
+    advantages = tracker.update(prompts, rewards)
+    np.testing.assert_allclose(advantages[3:], (rewards[3:] - rewards.mean()) / (rewards.std() + 1e-6))
+    np.testing.assert_allclose(advantages[:3], (rewards[:3] - 2.0) / (np.std([1.0, 2.0, 3.0]) + 1e-6))
+
+
+def test_prompt_reaching_min_count_switches_to_own_stats():
+    tracker = PerPromptStatTracker(buffer_size=8, min_count=3)
+    tracker.update(["dog", "dog", "cat"], np.array([10.0, 20.0, 0.0]))
+    advantages = tracker.update(["dog", "cat"], np.array([30.0, 100.0]))
+    assert advantages[0] == pytest.approx((30.0 - 20.0) / (np.std([10.0, 20.0, 30.0]) + 1e-6))
+
+
+def test_buffer_keeps_only_last_buffer_size_rewards():
+    tracker = PerPromptStatTracker(buffer_size=3, min_count=1)
+    tracker.update(["cat"] * 5, np.array([100.0, 200.0, 1.0, 2.0, 3.0]))
+    advantages = tracker.update(["cat"], np.array([4.0]))
+    assert tracker.stats()["cat"] == {"mean": 3.0, "std": pytest.approx(np.std([2.0, 3.0, 4.0])), "count": 3}
+    assert advantages[0] == pytest.approx((4.0 - 3.0) / (np.std([2.0, 3.0, 4.0]) + 1e-6))
+
+
+def test_state_dict_round_trip_through_json_gives_identical_advantages():
+    rng = np.random.default_rng(1)
+    prompts = ["a", "b", "c", "a", "b", "a"]
+    original = PerPromptStatTracker(buffer_size=4, min_count=2)
+    original.update(prompts, rng.normal(size=6).astype(np.float32))
+    restored = PerPromptStatTracker(buffer_size=4, min_count=2)
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    for _ in range(3):
+        rewards = rng.normal(size=6)
+        np.testing.assert_array_equal(original.update(prompts, rewards), restored.update(prompts, rewards))
+    assert original.state_dict() == restored.state_dict()
+
+
+def test_load_state_dict_with_other_settings_raises_value_error():
+    state = PerPromptStatTracker(buffer_size=4, min_count=2).state_dict()
+    with pytest.raises(ValueError, match=r"checkpoint has buffer_size, min_count = \(4, 2\)"):
+        PerPromptStatTracker(buffer_size=8, min_count=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("buffer_size, min_count", [(0, 1), (4, 5), (4, 0)])
+def test_bad_settings_raise_value_error(buffer_size, min_count):
+    with pytest.raises(ValueError, match=r"(buffer_size|min_count)="):
+        PerPromptStatTracker(buffer_size, min_count)
+
+
+def test_update_with_mismatched_lengths_raises_value_error():
+    with pytest.raises(ValueError, match=r"got 2 prompts and rewards of shape \(3,\)"):
+        PerPromptStatTracker(4, 2).update(["a", "b"], np.zeros(3))
+
+
+def test_clip_advantages_clamps_numpy_and_torch():
+    values = [-7.0, -2.0, 0.0, 3.0, 9.0]
+    np.testing.assert_array_equal(clip_advantages(np.array(values), 5.0), [-5.0, -2.0, 0.0, 3.0, 5.0])
+    assert torch.equal(clip_advantages(torch.tensor(values), 2.5), torch.tensor([-2.5, -2.0, 0.0, 2.5, 2.5]))
+
+
+def test_clip_advantages_non_positive_limit_raises_value_error():
+    with pytest.raises(ValueError, match=r"limit=0"):
+        clip_advantages(np.zeros(2), 0)
