@@ -9,6 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e .
+	bash scripts/install_browser.sh || echo "no headless Chromium: the real-browser app test will be skipped"
 	touch $@
 
 demo: $(VENV)/.installed
