@@ -1,0 +1,94 @@
+"""Measure the shipped toy models: ``python -m rlhf.toy.quality``.
+
+Pipeline: the analyser's prompt-following rates on the 200 ``toy_eval`` prompts x fixed seeds, against a
+chance baseline (the same images judged against shuffled prompts), plus a sample grid. CLIP: zero-shot
+caption retrieval on held-out drawings. Figures go to ``bench/results/toy_quality.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlhf.grid import image_grid
+from rlhf.models import load_clip, load_pipeline
+from rlhf.paths import ROOT, TOY_CLIP, TOY_PIPELINE
+from rlhf.prompts import load_prompts
+from rlhf.toy.analyse import analyse, follows
+from rlhf.toy.world import Scene, dataset, parse_caption
+
+
+def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 50) -> list[np.ndarray]:
+    """One uint8 image per (prompt, seed), prompt-major, through the pipeline's own ``__call__``."""
+    jobs = [(p, s) for p in prompts for s in seeds]
+    images = []
+    for i in tqdm(range(0, len(jobs), batch), desc="sampling"):
+        chunk = jobs[i : i + batch]
+        gens = [torch.Generator().manual_seed(s) for _, s in chunk]
+        out = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
+        images += list((out.images * 255).round().astype(np.uint8))
+    return images
+
+
+def following_rates(images: list[np.ndarray], scenes: list[Scene]) -> dict[str, float]:
+    """Share of images showing each asked attribute, and the share showing all of them."""
+    hits: dict[str, list[bool]] = {}
+    every = []
+    for im, asked in zip(images, scenes):
+        f = follows(analyse(im), asked)
+        every.append(all(f.values()))
+        for k, v in f.items():
+            hits.setdefault(k, []).append(v)
+    return {k: float(np.mean(v)) for k, v in hits.items()} | {"all": float(np.mean(every))}
+
+
+def pipeline_quality(source=TOY_PIPELINE, prompt_set: str = "toy_eval", seeds=(0, 1), steps: int = 20, guidance: float = 5.0):
+    pipe = load_pipeline(source)
+    prompts = [p.text for p in load_prompts(prompt_set)]
+    images = sample(pipe, prompts, list(seeds), steps, guidance)
+    scenes = [parse_caption(p) for p in prompts for _ in seeds]
+    shuffled = [scenes[i] for i in np.random.default_rng(0).permutation(len(scenes))]
+    result = {
+        "prompts": len(prompts), "seeds": list(seeds), "steps": steps, "guidance": guidance,
+        "following": following_rates(images, scenes),
+        "chance": following_rates(images, shuffled),
+    }
+    return result, images, [p for p in prompts for _ in seeds]
+
+
+def clip_quality(source=TOY_CLIP, n: int = 1000) -> dict[str, float]:
+    from rlhf.toy.train_clip import retrieval_accuracy
+
+    clip = load_clip(source)
+    held_out = dataset(n, seed=10_000)
+    return retrieval_accuracy(clip.model, clip.tokenizer, [d.image for d in held_out], [d.scene for d in held_out])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "toy_samples.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_quality.json")
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    pipe_q, images, captions = pipeline_quality(steps=args.steps, guidance=args.guidance)
+    result = {"pipeline": pipe_q, "clip": clip_quality(), "seconds": round(time.time() - t0, 1)}
+    args.grid.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images[:32:2], captions[:32:2], cols=4).save(args.grid)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"{'attribute':<12}{'follows':>9}{'chance':>9}")
+    for k, v in pipe_q["following"].items():
+        print(f"{k:<12}{v:>9.1%}{pipe_q['chance'][k]:>9.1%}")
+    print(f"CLIP zero-shot caption top-1 over {result['clip']['captions']} captions: {result['clip']['caption_top1']:.1%}")
+    print(f"grid: {args.grid}\nfigures: {args.out} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
