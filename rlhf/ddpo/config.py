@@ -1,0 +1,99 @@
+"""DDPO settings. Defaults are kvablack/ddpo-pytorch's ``config/base.py`` unless a field says otherwise;
+``TOY`` holds the values measured to move the tiny toy pipeline (see the README)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DDPOConfig:
+    # sampling: the policy is the stochastic DDIM sampler
+    num_steps: int = 50
+    """denoising steps per trajectory, i.e. MDP horizon"""
+    eta: float = 1.0
+    """DDIM stochasticity; must be > 0 for a log-probability"""
+    guidance_scale: float = 5.0
+    """classifier-free guidance, used both when sampling and when recomputing log-probs"""
+    sample_batch_size: int = 1
+    """trajectories per forward pass, per process"""
+    num_batches_per_epoch: int = 2
+    """sampling batches per epoch, per process; samples per epoch = this x sample_batch_size x processes"""
+    samples_per_prompt: int = 1
+    """trajectories drawn for each chosen prompt in a batch (the reference: 1, prompts drawn independently)"""
+
+    # policy-gradient update
+    loss: str = "is"
+    """'is' (importance sampling with a PPO-clipped ratio, DDPO-IS) or 'sf' (score function, DDPO-SF)"""
+    train_batch_size: int = 1
+    """trajectories per optimizer micro-batch, per process"""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per optimizer step; gradients also accumulate over all trained timesteps"""
+    num_inner_epochs: int = 1
+    """passes over each epoch's samples"""
+    learning_rate: float = 3e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-4
+    """PPO clip range on the ratio of per-dimension-averaged log-probs"""
+    adv_clip_max: float = 5.0
+    timestep_fraction: float = 1.0
+    """share of each trajectory's (shuffled) timesteps that is trained"""
+    timesteps_per_forward: int = 1
+    """timesteps stacked into one UNet forward during training (the reference: 1); same gradient, better batch shape"""
+    kl_coef: float = 0.0
+    """weight of the per-step KL to the base model (not in the reference); guards against over-optimisation"""
+
+    # statistics, parameters, precision
+    per_prompt_stat_tracking: bool = True
+    stat_buffer_size: int = 16
+    stat_min_count: int = 16
+    use_lora: bool = True
+    lora_rank: int = 4
+    mixed_precision: str = "fp16"
+    """'no', 'fp16' or 'bf16'; forced to 'no' on CPU"""
+    seed: int = 42
+    num_epochs: int = 100
+    save_every: int = 20
+    """epochs between checkpoints"""
+    prompts: list[str] = field(default_factory=list)
+    """prompts sampled uniformly each batch"""
+
+    def replace(self, **changes) -> "DDPOConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown DDPO setting(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "DDPOConfig":
+        problems = []
+        if self.eta <= 0:
+            problems.append(f"eta={self.eta} gives a deterministic sampler with no log-probability; use eta > 0 (reference: 1.0)")
+        if self.loss not in ("is", "sf"):
+            problems.append(f"loss={self.loss!r}; use 'is' (importance sampling) or 'sf' (score function)")
+        if not 0 < self.timestep_fraction <= 1:
+            problems.append(f"timestep_fraction={self.timestep_fraction}; use a value in (0, 1]")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            problems.append(f"mixed_precision={self.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
+        if (self.sample_batch_size * self.num_batches_per_epoch) % self.train_batch_size:
+            problems.append("samples per epoch must be a multiple of train_batch_size")
+        if self.sample_batch_size % self.samples_per_prompt:
+            problems.append(f"sample_batch_size={self.sample_batch_size} is not a multiple of samples_per_prompt={self.samples_per_prompt}")
+        if not self.prompts:
+            problems.append("no prompts; pass a prompt set such as toy_train")
+        if problems:
+            raise ValueError("bad DDPO config: " + "; ".join(problems))
+        return self
+
+
+PRESETS: dict[str, DDPOConfig] = {
+    "reference": DDPOConfig(),
+    # Measured on the shipped toy pipeline (README, "DDPO on the toy world"); fp32 on CPU.
+    "toy": DDPOConfig(
+        num_steps=10, sample_batch_size=16, num_batches_per_epoch=1, samples_per_prompt=4, train_batch_size=16,
+        learning_rate=3e-4, clip_range=1e-3, timesteps_per_forward=10, stat_buffer_size=32, stat_min_count=8,
+        mixed_precision="no", save_every=0, num_epochs=20,
+    ),
+}

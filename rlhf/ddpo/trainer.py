@@ -1,0 +1,304 @@
+"""The DDPO loop (Black et al. 2023, Algorithm 1 with per-prompt advantages): sample -> score ->
+advantages -> clipped policy-gradient update, with LoRA or full fine-tuning, accelerate and atomic checkpoints.
+
+Runs unchanged on the toy pipeline and on SD 1.5; ``accelerate launch -m rlhf.ddpo`` spreads sampling and
+training over processes, and per-prompt statistics are gathered across them.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages
+from rlhf.ddpo.config import DDPOConfig
+from rlhf.ddpo.logprob import ddim_step, gaussian_kl
+from rlhf.ddpo.loss import policy_loss, score_function_loss
+from rlhf.ddpo.rewards import Reward, check_finite
+from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
+from rlhf.grid import image_grid
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed here; the message says why and what to do."""
+
+
+def base_fingerprint(unet) -> str:
+    """Identifies the base UNet (config and first weights) so a checkpoint is never resumed on another model."""
+    h = hashlib.sha256(json.dumps({k: str(v) for k, v in sorted(unet.config.items())}).encode())
+    h.update(unet.conv_in.weight.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class DDPOTrainer:
+    def __init__(self, pipe, reward: Reward, cfg: DDPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
+        self.cfg = cfg.validate()
+        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+        self.run_dir = Path(run_dir)
+        self.reward = reward
+        self.pipe = pipe.to(self.accelerator.device)
+        set_seed(cfg.seed, device_specific=True)
+        self.rng = np.random.default_rng(cfg.seed + self.accelerator.process_index)
+        self.generator = torch.Generator(self.accelerator.device).manual_seed(cfg.seed + self.accelerator.process_index)
+        self._prepare_models()
+        self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+        self.scheduler = make_scheduler(pipe, cfg.num_steps)
+        self.epoch = 0
+        self._executor = ThreadPoolExecutor(max_workers=1)
+
+    # ----------------------------------------------------------------- set-up
+    def _prepare_models(self) -> None:
+        cfg, pipe = self.cfg, self.pipe
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+            part.requires_grad_(False).to(dtype=weight_dtype)
+        unet = pipe.unet
+        self.base = base_fingerprint(unet)
+        self.ref_unet = None
+        if cfg.use_lora:
+            from peft import LoraConfig
+
+            unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
+                                        target_modules=LORA_TARGETS))
+            for p in unet.parameters():  # fp32 trainable weights: fp16 LoRA updates underflow to NaN
+                if p.requires_grad:
+                    p.data = p.data.float()
+        else:
+            if cfg.kl_coef > 0:
+                self.ref_unet = copy.deepcopy(unet).eval()
+            unet.float().requires_grad_(True)
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=cfg.adam_betas,
+                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        self.unet, self.optimizer = self.accelerator.prepare(unet, optimizer)
+
+    @contextlib.contextmanager
+    def _reference_policy(self):
+        """The base model: LoRA adapters switched off, or the frozen copy kept for full fine-tuning."""
+        if self.ref_unet is not None:
+            yield self.ref_unet
+            return
+        unet = self.accelerator.unwrap_model(self.unet)
+        unet.disable_adapters()
+        try:
+            yield unet
+        finally:
+            unet.enable_adapters()
+
+    # ----------------------------------------------------------------- phases
+    def _batch_prompts(self) -> list[str]:
+        prompts, k = self.cfg.prompts, self.cfg.samples_per_prompt
+        chosen = self.rng.choice(len(prompts), size=self.cfg.sample_batch_size // k)
+        return [prompts[i] for i in chosen for _ in range(k)]
+
+    def sample(self) -> tuple[Trajectories, np.ndarray, dict]:
+        """Sample the epoch's trajectories; each batch's rewards are computed in a worker thread while the
+        next batch samples."""
+        self.unet.eval()
+        batches, futures = [], []
+        for _ in range(self.cfg.num_batches_per_epoch):
+            prompts = self._batch_prompts()
+            traj = sample_trajectories(self.pipe, self.unet, prompts, num_steps=self.cfg.num_steps, eta=self.cfg.eta,
+                                       guidance_scale=self.cfg.guidance_scale, generator=self.generator)
+            futures.append(self._executor.submit(self.reward, traj.images, prompts, [{"epoch": self.epoch}] * len(prompts)))
+            batches.append(traj)
+        traj = Trajectories.cat(batches)
+        results = [f.result() for f in futures]
+        rewards = check_finite(np.concatenate([r for r, _ in results]).astype(np.float64), traj.prompts, self.reward.name)
+        return traj, rewards, {k: v for _, info in results for k, v in info.items()}
+
+    def advantages(self, prompts: list[str], rewards: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Rewards normalised per prompt (kvablack/ddpo-pytorch's stat tracker), with statistics from every process."""
+        acc = self.accelerator
+        index = torch.tensor([self.cfg.prompts.index(p) for p in prompts], device=acc.device)
+        all_rewards = acc.gather(torch.as_tensor(rewards, device=acc.device)).cpu().numpy()
+        all_prompts = [self.cfg.prompts[i] for i in acc.gather(index).cpu().tolist()]
+        if self.cfg.per_prompt_stat_tracking:
+            adv = self.stats.update(all_prompts, all_rewards)
+        else:
+            adv = (all_rewards - all_rewards.mean()) / (all_rewards.std() + 1e-6)
+        mine = adv.reshape(acc.num_processes, -1)[acc.process_index]
+        info = {"reward/mean": float(all_rewards.mean()), "reward/std": float(all_rewards.std())}
+        return clip_advantages(mine, self.cfg.adv_clip_max), info
+
+    def _chunk_loss(self, traj: Trajectories, adv: torch.Tensor, tidx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Policy loss of ``traj`` at its own timestep indices ``tidx`` (b, k), stacked into one forward."""
+        b, k = tidx.shape
+        rows = torch.arange(b)[:, None]
+        x = traj.latents[rows, tidx].flatten(0, 1)  # (b*k, C, h, w)
+        x_next = traj.latents[rows, tidx + 1].flatten(0, 1)  # (b*k, C, h, w)
+        t = traj.timesteps[tidx].flatten().to(x.device)  # (b*k,)
+        embeds = traj.prompt_embeds.repeat_interleave(k, 0)  # (b*k, L, D)
+        negative = traj.negative_embeds.repeat_interleave(k, 0)
+        old_log_prob = traj.log_probs[rows, tidx].flatten()  # (b*k,)
+        a = adv.repeat_interleave(k)  # (b*k,)
+        with self.accelerator.autocast():
+            eps = guided_noise(self.unet, x, t, embeds, negative, self.cfg.guidance_scale)
+        step = ddim_step(self.scheduler, eps, t, x, self.cfg.eta, prev_sample=x_next)
+        if self.cfg.loss == "is":
+            loss, info = policy_loss(step.log_prob, old_log_prob, a, self.cfg.clip_range)
+            info = {f"ppo/{k_}": float(v) for k_, v in info.items()}
+        else:
+            loss, info = score_function_loss(step.log_prob, a), {}
+        if self.cfg.kl_coef > 0:
+            with torch.no_grad(), self._reference_policy() as ref, self.accelerator.autocast():
+                ref_step = ddim_step(self.scheduler, guided_noise(ref, x, t, embeds, negative, self.cfg.guidance_scale),
+                                     t, x, self.cfg.eta, prev_sample=x_next)
+            kl = gaussian_kl(step.mean, ref_step.mean, step.std).mean()
+            loss = loss + self.cfg.kl_coef * kl
+            info["kl/to_base"] = float(kl)
+        return loss, info | {"loss/policy": float(loss.detach())}
+
+    def update(self, traj: Trajectories, advantages: np.ndarray) -> dict:
+        """Inner epochs over the samples: each sample trains on its own shuffled ``timestep_fraction`` of
+        steps; gradients accumulate over those timesteps and ``gradient_accumulation_steps`` micro-batches."""
+        cfg, acc = self.cfg, self.accelerator
+        n, steps = len(traj), len(traj.timesteps)
+        n_train = max(1, int(steps * cfg.timestep_fraction))
+        adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)
+        self.unet.train()
+        logs: dict[str, list[float]] = {}
+        for _ in range(cfg.num_inner_epochs):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+            tperm = torch.stack([torch.from_numpy(self.rng.permutation(steps)) for _ in range(n)])[:, :n_train]  # (n, n_train)
+            starts = list(range(0, n, cfg.train_batch_size))
+            for m, start in enumerate(starts):
+                idx = order[start : start + cfg.train_batch_size]
+                micro = traj.select(idx)
+                last_micro = (m + 1) % cfg.gradient_accumulation_steps == 0 or m == len(starts) - 1
+                chunks = [range(j, min(j + cfg.timesteps_per_forward, n_train)) for j in range(0, n_train, cfg.timesteps_per_forward)]
+                for c, js in enumerate(chunks):
+                    syncing = last_micro and c == len(chunks) - 1
+                    with contextlib.nullcontext() if syncing else acc.no_sync(self.unet):
+                        loss, info = self._chunk_loss(micro, adv[idx.to(adv.device)], tperm[idx][:, list(js)])
+                        acc.backward(loss * len(js) / n_train / cfg.gradient_accumulation_steps)
+                    for k_, v in info.items():
+                        logs.setdefault(k_, []).append(v)
+                if last_micro:
+                    logs.setdefault("train/grad_norm", []).append(float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm)))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        return {k: float(np.mean(v)) for k, v in logs.items()}
+
+    def train_epoch(self) -> dict:
+        """One epoch as named phases: sample, score, advantages, update; then log and maybe checkpoint."""
+        t0 = time.perf_counter()
+        traj, rewards, reward_info = self.sample()
+        t1 = time.perf_counter()
+        adv, adv_info = self.advantages(traj.prompts, rewards)
+        metrics = self.update(traj, adv)
+        self.epoch += 1
+        metrics |= adv_info | reward_info | {"epoch": self.epoch, "time/sample_s": t1 - t0, "time/epoch_s": time.perf_counter() - t0}
+        self._log(metrics, traj)
+        if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
+            self.save_checkpoint()
+        return metrics
+
+    def train(self, epochs: int | None = None, progress: bool = True) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        history = []
+        target = epochs if epochs is not None else self.cfg.num_epochs - self.epoch
+        with tqdm(range(target), desc="ddpo", disable=not (progress and self.accelerator.is_main_process)) as bar:
+            for _ in bar:
+                history.append(self.train_epoch())
+                bar.set_postfix(reward=f"{history[-1]['reward/mean']:.3f}")
+        return history
+
+    def evaluate(self, prompts: list[str], samples_per_prompt: int = 4, seed: int = 10_000) -> float:
+        """Mean reward of the current policy on fixed held-out noise (``seed`` is never used for training)."""
+        self.unet.eval()
+        batch = [p for p in prompts for _ in range(samples_per_prompt)]
+        traj = sample_trajectories(self.pipe, self.unet, batch, num_steps=self.cfg.num_steps, eta=self.cfg.eta,
+                                   guidance_scale=self.cfg.guidance_scale, generator=torch.Generator().manual_seed(seed))
+        rewards, _ = self.reward(traj.images, batch, [{"eval": True}] * len(batch))
+        return float(np.mean(check_finite(np.asarray(rewards, np.float64), batch, self.reward.name)))
+
+    # ----------------------------------------------------------------- logging and checkpoints
+    def _log(self, metrics: dict, traj: Trajectories) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        grids = self.run_dir / "grids"
+        grids.mkdir(exist_ok=True)
+        image_grid(list(traj.images[:16]), traj.prompts[:16], cols=8).save(grids / f"epoch-{self.epoch:04d}.png")
+
+    def _rng_state(self) -> dict:
+        return {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                "python": random.getstate()}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/epoch-NNNN`` atomically: everything goes to a temporary folder that is renamed
+        into place only when complete, so a crash never leaves a half-written checkpoint."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+        root = self.run_dir / "checkpoints"
+        final = root / f"epoch-{self.epoch:04d}"
+        tmp = root / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        unet = acc.unwrap_model(self.unet)
+        if self.cfg.use_lora:
+            from diffusers import StableDiffusionPipeline
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+        else:
+            unet.save_pretrained(tmp / "unet")
+        torch.save({
+            "epoch": self.epoch, "base": self.base, "config": dataclasses.asdict(self.cfg),
+            "trainable": {n: p.detach().cpu() for n, p in unet.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(), "stats": self.stats.state_dict(), "rng": self._rng_state(),
+        }, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    def load_checkpoint(self, path: Path | str) -> None:
+        """Restore model, optimizer, stat tracker, RNG and epoch exactly as saved."""
+        path = Path(path)
+        state_file = path / "trainer_state.pt"
+        if not state_file.is_file():
+            raise CheckpointError(f"{path} is not a DDPO checkpoint (no trainer_state.pt); pass a checkpoints/epoch-NNNN folder")
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        if state["base"] != self.base:
+            raise CheckpointError(f"checkpoint {path} was trained on another base model (fingerprint {state['base']}, "
+                                  f"this one {self.base}); load the base model it was made from or start a new run")
+        unet = self.accelerator.unwrap_model(self.unet)
+        params = dict(unet.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stats.load_state_dict(state["stats"])
+        rng = state["rng"]
+        self.rng.bit_generator.state = rng["numpy"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        random.setstate(rng["python"])
+        self.epoch = state["epoch"]
+
+
+def latest_checkpoint(run_dir: Path | str) -> Path | None:
+    found = sorted((Path(run_dir) / "checkpoints").glob("epoch-*"))
+    return found[-1] if found else None

@@ -1,0 +1,118 @@
+"""The DDPO loop on the shipped toy pipeline: trajectories, ratio-1 replay, learning, LoRA export, resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from rlhf.ddpo.config import PRESETS
+from rlhf.ddpo.rewards import NonFiniteReward, TasteReward
+from rlhf.ddpo.sampling import sample_trajectories
+from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer, latest_checkpoint
+from rlhf.models import load_pipeline
+from rlhf.paths import TOY_PIPELINE
+
+PROMPTS = ["a large red circle on a white background", "a small blue square on a black background"]
+
+
+def tiny_config(**changes):
+    base = dict(num_steps=4, sample_batch_size=4, samples_per_prompt=2, train_batch_size=4, timesteps_per_forward=2,
+                stat_min_count=2, prompts=PROMPTS, save_every=0)
+    return PRESETS["toy"].replace(**(base | changes))
+
+
+def test_trajectories_record_every_step_and_decode_the_last_latent():
+    pipe = load_pipeline()
+    traj = sample_trajectories(pipe, pipe.unet, PROMPTS, num_steps=5, eta=1.0, guidance_scale=5.0,
+                               generator=torch.Generator().manual_seed(0))
+    assert traj.latents.shape == (2, 6, 4, 16, 16) and traj.log_probs.shape == (2, 5)
+    assert traj.images.shape == (2, 32, 32, 3) and traj.images.dtype == np.uint8
+    assert torch.isfinite(traj.log_probs).all() and not traj.latents.is_inference()
+    again = sample_trajectories(pipe, pipe.unet, PROMPTS, num_steps=5, eta=1.0, guidance_scale=5.0,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(traj.latents, again.latents)
+
+
+@pytest.mark.parametrize("per_forward", [1, 3])
+def test_replaying_stored_steps_gives_ratio_one_whatever_the_batch_shape(tmp_path, per_forward):
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(num_steps=3), tmp_path)
+    traj, _, _ = trainer.sample()
+    tidx = torch.arange(3).repeat(len(traj), 1)[:, :per_forward]
+    _, info = trainer._chunk_loss(traj, torch.ones(len(traj)), tidx)
+    assert info["ppo/approx_kl"] < 1e-10 and info["ppo/clipfrac"] == 0.0
+
+
+def test_nan_reward_stops_the_epoch_naming_the_prompt(tmp_path):
+    class Broken:
+        name = "broken"
+
+        def __call__(self, images, prompts, metadata):
+            return np.array([0.0] * (len(prompts) - 1) + [np.nan]), {}
+
+    trainer = DDPOTrainer(load_pipeline(), Broken(), tiny_config(), tmp_path)
+    with pytest.raises(NonFiniteReward, match=r"reward 'broken' gave nan for prompt 'a "):
+        trainer.train_epoch()
+
+
+def test_exported_lora_loads_in_a_fresh_pipeline_and_changes_its_output(tmp_path):
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(learning_rate=1e-2), tmp_path)
+    trainer.train_epoch()
+    ckpt = trainer.save_checkpoint()
+    fresh = StableDiffusionPipeline.from_pretrained(TOY_PIPELINE, local_files_only=True)
+    kwargs = dict(num_inference_steps=4, output_type="np")
+    before = fresh(PROMPTS, generator=torch.Generator().manual_seed(1), **kwargs).images
+    fresh.load_lora_weights(ckpt, weight_name="pytorch_lora_weights.safetensors")
+    after = fresh(PROMPTS, generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert np.abs(after - before).max() > 1e-3
+
+
+def test_resume_continues_with_identical_state(tmp_path):
+    straight = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path / "a")
+    expected = [straight.train_epoch() for _ in range(3)]
+    first = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path / "b")
+    first.train_epoch(), first.train_epoch()
+    first.save_checkpoint()
+    resumed = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path / "b")
+    resumed.load_checkpoint(latest_checkpoint(tmp_path / "b"))
+    got = resumed.train_epoch()
+    assert resumed.epoch == 3
+    for key in ("reward/mean", "loss/policy", "ppo/approx_kl"):
+        assert got[key] == pytest.approx(expected[2][key], rel=1e-5, abs=1e-9), key
+    a = dict(straight.accelerator.unwrap_model(straight.unet).named_parameters())
+    for name, p in resumed.accelerator.unwrap_model(resumed.unet).named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p, a[name], atol=1e-6), name
+
+
+def test_checkpoint_from_another_base_model_is_refused(tmp_path):
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path)
+    trainer.save_checkpoint()
+    other = load_pipeline()
+    with torch.no_grad():
+        other.unet.conv_in.weight.add_(0.01)
+    stranger = DDPOTrainer(other, TasteReward("red"), tiny_config(), tmp_path / "other")
+    with pytest.raises(CheckpointError, match="trained on another base model"):
+        stranger.load_checkpoint(latest_checkpoint(tmp_path))
+
+
+def test_crash_mid_checkpoint_leaves_no_checkpoint_behind(tmp_path, monkeypatch):
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_kl_penalty_to_the_base_model_is_zero_before_training_and_grows(tmp_path):
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(kl_coef=0.1, learning_rate=3e-2), tmp_path)
+    first = trainer.train_epoch()
+    second = trainer.train_epoch()
+    assert first["kl/to_base"] < second["kl/to_base"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert (tmp_path / "grids" / "epoch-0002.png").is_file()
