@@ -66,7 +66,9 @@ class DDPOTrainer:
         cfg, pipe = self.cfg, self.pipe
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         for part in (pipe.vae, pipe.text_encoder, pipe.unet):
-            part.requires_grad_(False).to(dtype=weight_dtype)
+            part.requires_grad_(False)
+            if weight_dtype != torch.float32:
+                part.to(dtype=weight_dtype)
         unet = pipe.unet
         self.base = base_fingerprint(unet)
         self.ref_unet = None
