@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from rlhf.ddpo.__main__ import main
+
+TINY = ["--set", "num_steps=2", "--set", "sample_batch_size=4", "--set", "samples_per_prompt=2",
+        "--set", "train_batch_size=4", "--set", "stat_min_count=2"]
+
+
+def test_cli_runs_an_epoch_and_summarises_it(tmp_path, capsys):
+    assert main(["--epochs", "1", "--run-dir", str(tmp_path), "--reward", "jpeg_incompressibility", *TINY]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["epochs"] == 1 and summary["checkpoint"].endswith("epoch-0001")
+    assert (tmp_path / "checkpoints" / "epoch-0001" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "eta=0"], "eta=0 gives a deterministic sampler"),
+        (["--set", "learning_rat=1"], "unknown DDPO setting(s) ['learning_rat']"),
+        (["--prompts", "nope.txt"], "no such prompt file"),
+        (["--model", "/no/such/model"], "no pipeline folder at /no/such/model"),
+        (["--reward", "sweetness"], "unknown reward 'sweetness'"),
+    ],
+)
+def test_cli_bad_input_gets_a_one_line_error(tmp_path, capsys, args, message):
+    assert main(["--epochs", "1", "--run-dir", str(tmp_path), *TINY, *args]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
