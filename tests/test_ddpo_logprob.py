@@ -2,18 +2,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rlhf.ddpo.logprob import ddim_step, ddim_step_with_logprob, gaussian_kl
+from rlhf.ddpo.logprob import ddim_step, gaussian_kl
+from rlhf.toy.train_pipeline import SCHEDULER_CONFIG as SD15
 
-SD15 = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
 SHAPE = (2, 4, 8, 8)
 
 
@@ -43,7 +34,7 @@ def test_prev_sample_matches_diffusers_step_sd15_config(steps, index, eta):
     t = s.timesteps[steps // 2 if index == "middle" else index]
     out, x, noise = tensors()
     expected = s.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
-    prev, _ = ddim_step_with_logprob(s, out, t, x, eta, variance_noise=noise)
+    prev = ddim_step(s, out, t, x, eta, variance_noise=noise).prev_sample
     torch.testing.assert_close(prev, expected, atol=1e-6, rtol=0)
 
 
@@ -62,7 +53,7 @@ def test_prev_sample_matches_diffusers_step_other_configs(overrides):
     out, x, noise = tensors()
     for t in s.timesteps[:-1]:  # with set_alpha_to_one the last step has std 0 (tested below)
         expected = s.step(out, t, x, eta=1.0, variance_noise=noise).prev_sample
-        prev, _ = ddim_step_with_logprob(s, out, t, x, 1.0, variance_noise=noise)
+        prev = ddim_step(s, out, t, x, 1.0, variance_noise=noise).prev_sample
         torch.testing.assert_close(prev, expected, atol=1e-6, rtol=0)
 
 
@@ -71,7 +62,7 @@ def test_prev_sample_matches_diffusers_step_same_generator_seed():
     out, x, _ = tensors()
     t = s.timesteps[3]
     expected = s.step(out, t, x, eta=1.0, generator=torch.Generator().manual_seed(7)).prev_sample
-    prev, _ = ddim_step_with_logprob(s, out, t, x, 1.0, generator=torch.Generator().manual_seed(7))
+    prev = ddim_step(s, out, t, x, 1.0, generator=torch.Generator().manual_seed(7)).prev_sample
     torch.testing.assert_close(prev, expected, atol=1e-6, rtol=0)
 
 
@@ -94,8 +85,9 @@ def test_log_prob_of_own_draw_equals_rescoring_it():
     s = scheduler(10)
     out, x, _ = tensors(2)
     t = s.timesteps[4]
-    prev, log_prob = ddim_step_with_logprob(s, out, t, x, 1.0, generator=torch.Generator().manual_seed(3))
-    _, rescored = ddim_step_with_logprob(s, out, t, x, 1.0, prev_sample=prev)
+    drawn = ddim_step(s, out, t, x, 1.0, generator=torch.Generator().manual_seed(3))
+    prev, log_prob = drawn.prev_sample, drawn.log_prob
+    rescored = ddim_step(s, out, t, x, 1.0, prev_sample=prev).log_prob
     assert torch.equal(log_prob, rescored)
 
 
@@ -135,7 +127,7 @@ def test_eta_not_positive_raises_value_error(eta):
     s = scheduler(10)
     out, x, _ = tensors()
     with pytest.raises(ValueError, match=r"eta=.*pass eta > 0") as e:
-        ddim_step_with_logprob(s, out, s.timesteps[0], x, eta)
+        ddim_step(s, out, s.timesteps[0], x, eta)
     assert "\n" not in str(e.value)
 
 
@@ -143,27 +135,27 @@ def test_final_step_to_alpha_one_raises_value_error():
     s = scheduler(10, set_alpha_to_one=True, steps_offset=0)
     out, x, _ = tensors()
     with pytest.raises(ValueError, match=r"timestep\(s\) \[0\].*set_alpha_to_one=False"):
-        ddim_step_with_logprob(s, out, s.timesteps[-1], x, 1.0)
+        ddim_step(s, out, s.timesteps[-1], x, 1.0)
 
 
 def test_unset_timesteps_raises_value_error():
     out, x, _ = tensors()
     with pytest.raises(ValueError, match=r"set_timesteps"):
-        ddim_step_with_logprob(DDIMScheduler(**SD15), out, 981, x, 1.0)
+        ddim_step(DDIMScheduler(**SD15), out, 981, x, 1.0)
 
 
 def test_timestep_count_not_matching_batch_raises_value_error():
     s = scheduler(10)
     out, x, _ = tensors()
     with pytest.raises(ValueError, match=r"timestep has 3 entries for a batch of 2"):
-        ddim_step_with_logprob(s, out, s.timesteps[:3], x, 1.0)
+        ddim_step(s, out, s.timesteps[:3], x, 1.0)
 
 
 def test_prev_sample_with_noise_source_raises_value_error():
     s = scheduler(10)
     out, x, noise = tensors()
     with pytest.raises(ValueError, match=r"prev_sample was given"):
-        ddim_step_with_logprob(s, out, s.timesteps[0], x, 1.0, prev_sample=x, variance_noise=noise)
+        ddim_step(s, out, s.timesteps[0], x, 1.0, prev_sample=x, variance_noise=noise)
 
 
 def test_gaussian_kl_equals_torch_kl_divergence():

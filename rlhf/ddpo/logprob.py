@@ -139,21 +139,6 @@ def ddim_step(
     return DDIMStep(prev_sample=prev_sample, log_prob=_mean_over_non_batch(log_density), mean=mean, std=sigma_t)
 
 
-def ddim_step_with_logprob(
-    scheduler: DDIMScheduler,
-    model_output: torch.Tensor,
-    timestep: int | torch.Tensor,
-    sample: torch.Tensor,
-    eta: float,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    variance_noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ddim_step` reduced to (prev_sample (B, C, H, W), log_prob (B,)), what sampling and the policy loss need."""
-    step = ddim_step(scheduler, model_output, timestep, sample, eta, prev_sample, generator, variance_noise)
-    return step.prev_sample, step.log_prob
-
-
 def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
     """KL(N(mean_p, std^2 I) || N(mean_q, std^2 I)) per sample, (B,), averaged over non-batch dims like log_prob.
 
