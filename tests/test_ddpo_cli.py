@@ -31,3 +31,25 @@ def test_cli_bad_input_gets_a_one_line_error(tmp_path, capsys, args, message):
     assert main(["--epochs", "1", "--run-dir", str(tmp_path), *TINY, *args]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_accelerate_launch_with_two_cpu_processes_gathers_both_halves(tmp_path):
+    """``accelerate launch`` with 2 gloo processes: each samples 4 trajectories, statistics see all 8."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free loopback port for the gloo rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # `--multi_gpu` on a machine without GPUs starts torch.distributed processes that accelerate runs as
+    # MULTI_CPU over gloo; `--cpu` would start a single process.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhf.ddpo", "--epochs", "1",
+           "--run-dir", str(tmp_path), "--reward", "jpeg_compressibility", *TINY]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["reward/count"] == 8
+    assert (tmp_path / "checkpoints" / "epoch-0001" / "pytorch_lora_weights.safetensors").is_file()

@@ -48,7 +48,8 @@ def base_fingerprint(unet) -> str:
 class DDPOTrainer:
     def __init__(self, pipe, reward: Reward, cfg: DDPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
         self.cfg = cfg.validate()
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+        on_gpu = torch.cuda.is_available()  # cpu=True is what lets accelerate run several CPU processes over gloo
+        self.accelerator = accelerator or Accelerator(cpu=not on_gpu, mixed_precision=cfg.mixed_precision if on_gpu else "no")
         self.run_dir = Path(run_dir)
         self.reward = reward
         self.pipe = pipe.to(self.accelerator.device)
@@ -135,7 +136,7 @@ class DDPOTrainer:
         else:
             adv = (all_rewards - all_rewards.mean()) / (all_rewards.std() + 1e-6)
         mine = adv.reshape(acc.num_processes, -1)[acc.process_index]
-        info = {"reward/mean": float(all_rewards.mean()), "reward/std": float(all_rewards.std())}
+        info = {"reward/mean": float(all_rewards.mean()), "reward/std": float(all_rewards.std()), "reward/count": len(all_rewards)}
         return clip_advantages(mine, self.cfg.adv_clip_max), info
 
     def _chunk_loss(self, traj: Trajectories, adv: torch.Tensor, tidx: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -163,7 +164,7 @@ class DDPOTrainer:
                                      t, x, self.cfg.eta, prev_sample=x_next)
             kl = gaussian_kl(step.mean, ref_step.mean, step.std).mean()
             loss = loss + self.cfg.kl_coef * kl
-            info["kl/to_base"] = float(kl)
+            info["kl/to_base"] = float(kl.detach())
         return loss, info | {"loss/policy": float(loss.detach())}
 
     def update(self, traj: Trajectories, advantages: np.ndarray) -> dict:
