@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from rlhf.toy.train_pipeline import to_pixels, warmup_cosine  # same pixels as the shipped preprocess: [-1, 1]
 from rlhf.toy.world import BACKGROUNDS, IMAGE_SIZE, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES, Scene, dataset
 
 MODEL_CFG = {
@@ -51,11 +52,6 @@ def all_scenes() -> list[Scene]:
     return scenes
 
 
-def _pixels(images: list[np.ndarray]) -> torch.Tensor:
-    """Exactly what the shipped preprocess does to a 32x32 image: [0, 1] then mean/std 0.5."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE whose targets spread over every pair with the same caption (no false negatives)."""
     logits = logit_scale.exp() * img @ txt.T  # (B, B)
@@ -68,7 +64,7 @@ def retrieval_accuracy(model, tokenizer, images: list[np.ndarray], truths: list[
     """Top-1 zero-shot caption retrieval over all toy captions, and per attribute of the retrieved caption."""
     scenes = all_scenes()
     txt = F.normalize(model.encode_text(tokenizer([s.caption() for s in scenes])), dim=-1)
-    img = F.normalize(model.encode_image(_pixels(images)), dim=-1)
+    img = F.normalize(model.encode_image(to_pixels(images)), dim=-1)
     best = [scenes[i] for i in (img @ txt.T).argmax(1).tolist()]
     out = {"caption_top1": float(np.mean([b == t for b, t in zip(best, truths)])), "captions": len(scenes)}
     for attr in ("shape", "colour", "background", "count"):
@@ -82,14 +78,12 @@ def train_clip(out_dir: Path, cfg: ClipTrainConfig = ClipTrainConfig()) -> dict:
     model = open_clip.CLIP(**MODEL_CFG)
     tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
     drawings = dataset(cfg.images, seed=cfg.seed + 1)
-    pixels = _pixels([d.image for d in drawings])
+    pixels = to_pixels([d.image for d in drawings])
     captions = [d.scene.caption() for d in drawings]
     caption_ids = torch.tensor([hash(c) for c in captions])
     tokens = tokenizer(captions)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + np.cos(np.pi * s / cfg.steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.steps))
     ema = None
     for _ in (bar := tqdm(range(cfg.steps), desc="clip")):
         idx = torch.randint(len(pixels), (cfg.batch,), generator=gen)

@@ -100,14 +100,15 @@ def build_models(cfg: PipelineTrainConfig) -> dict:
     return dict(text_encoder=text_encoder, unet=unet, vae=vae, tokenizer=build_clip_tokenizer(cfg.max_length))
 
 
-def _lr_lambda(cfg: PipelineTrainConfig, steps: int):
-    return lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
+def warmup_cosine(warmup_steps: int, steps: int):
+    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``steps``."""
+    return lambda s: min(1.0, (s + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
 
 
 def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, cfg: PipelineTrainConfig, gen: torch.Generator) -> float:
     """Reconstruction MSE + a tiny KL; returns the final MSE (pixels in [-1, 1])."""
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.vae_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.vae_steps))
     ema = None
     for _ in (bar := tqdm(range(cfg.vae_steps), desc="vae")):
         x = pixels[torch.randint(len(pixels), (cfg.vae_batch,), generator=gen)]
@@ -145,7 +146,7 @@ def train_unet(models: dict, latents: tuple[torch.Tensor, torch.Tensor], caption
     empty = tokenizer([""], padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.unet_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.unet_steps))
     mean, std = latents
     ema = None
     for _ in (bar := tqdm(range(cfg.unet_steps), desc="unet+text")):
