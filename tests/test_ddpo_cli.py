@@ -25,6 +25,7 @@ def test_cli_runs_an_epoch_and_summarises_it(tmp_path, capsys):
         (["--prompts", "nope.txt"], "no such prompt file"),
         (["--model", "/no/such/model"], "no pipeline folder at /no/such/model"),
         (["--reward", "sweetness"], "unknown reward 'sweetness'"),
+        (["--reward", "preference:/no/such/rm"], "no reward model at '/no/such/rm'"),
     ],
 )
 def test_cli_bad_input_gets_a_one_line_error(tmp_path, capsys, args, message):

@@ -96,3 +96,14 @@ def test_load_on_another_backbone_raises_a_one_line_error_naming_both(fitted, cl
     message, ours, theirs = str(e.value), fitted[0].spec.backbone, backbone_name(other)
     assert ours != theirs and ours in message and theirs in message
     assert "\n" not in message and "refit" in message
+
+
+def test_saved_model_is_a_ddpo_reward_by_name(fitted, world, clip, tmp_path):
+    from rlhf.ddpo.rewards import make_reward
+
+    model = fitted[0]
+    reward = make_reward(f"preference:{model.save(tmp_path / 'rm')}", clip)
+    images, prompts = _images(world["pool"][:8])
+    got, info = reward(np.stack(images), prompts, [{}] * 8)
+    np.testing.assert_array_equal(got, model(np.stack(images), prompts, [{}] * 8)[0])
+    assert "rm/std" in info

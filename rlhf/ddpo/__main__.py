@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompts = [p.text for p in load_prompts(args.prompts)]
         cfg = PRESETS[args.preset].replace(prompts=prompts, **dict(args.set)).validate()
-        clip = load_clip(args.clip, args.clip_pretrained) if args.reward.split(":")[0] in ("clip_score", "aesthetic") else None
+        needs_clip = args.reward.split(":")[0] in ("clip_score", "aesthetic", "preference")
+        clip = load_clip(args.clip, args.clip_pretrained) if needs_clip else None
         reward = make_reward(args.reward, clip)
         trainer = DDPOTrainer(load_pipeline(args.model), reward, cfg, args.run_dir)
         if args.resume and (ckpt := latest_checkpoint(args.run_dir)):

@@ -113,8 +113,9 @@ class TasteReward:
 
 
 def make_reward(spec: str, clip: Clip | None = None) -> Reward:
-    """``jpeg_compressibility``, ``jpeg_incompressibility``, ``clip_score``, ``aesthetic:<weights>`` or
-    ``taste:<name>``; CLIP-based rewards use ``clip`` (the toy CLIP by default)."""
+    """``jpeg_compressibility``, ``jpeg_incompressibility``, ``clip_score``, ``aesthetic:<weights>``,
+    ``taste:<name>`` or ``preference:<folder>`` (a learned reward model, ``mean - lambda * std`` of its ensemble);
+    CLIP-based rewards use ``clip`` (the toy CLIP by default)."""
     kind, _, arg = spec.partition(":")
     if kind == "jpeg_compressibility":
         return JpegSize(-1.0)
@@ -126,6 +127,13 @@ def make_reward(spec: str, clip: Clip | None = None) -> Reward:
         return ClipScore(clip or load_clip())
     if kind == "aesthetic":
         return Aesthetic(clip or load_clip(), arg)
+    if kind == "preference":
+        from reward_models.ensemble import MODEL_FILE, RewardModel
+
+        if not (Path(arg) / MODEL_FILE).is_file():
+            raise ModelLoadError(f"no reward model at {arg!r} (no {MODEL_FILE}); fit one from labels first")
+        return RewardModel.load(arg, clip or load_clip())
     raise ValueError(
-        f"unknown reward {spec!r}; use jpeg_compressibility, jpeg_incompressibility, clip_score, aesthetic:<weights> or taste:<name>"
+        f"unknown reward {spec!r}; use jpeg_compressibility, jpeg_incompressibility, clip_score, aesthetic:<weights>, "
+        "taste:<name> or preference:<reward model folder>"
     )
