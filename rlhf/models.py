@@ -26,7 +26,7 @@ class ModelLoadError(RuntimeError):
 def _offline_hint(source: str) -> str:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return f"the hub is offline (HF_HUB_OFFLINE=1): download {source!r} on a connected machine or pass a local folder"
-    return f"check the hub id or pass a local folder saved with save_pretrained"
+    return "check the hub id or pass a local folder saved with save_pretrained"
 
 
 def load_pipeline(source: str | Path = TOY_PIPELINE, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):

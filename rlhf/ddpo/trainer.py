@@ -174,6 +174,8 @@ class DDPOTrainer:
         n, steps = len(traj), len(traj.timesteps)
         n_train = max(1, int(steps * cfg.timestep_fraction))
         adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)
+        per_forward = cfg.timesteps_per_forward
+        chunks = [range(j, min(j + per_forward, n_train)) for j in range(0, n_train, per_forward)]  # same every micro-batch
         self.unet.train()
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.num_inner_epochs):
@@ -184,7 +186,6 @@ class DDPOTrainer:
                 idx = order[start : start + cfg.train_batch_size]
                 micro = traj.select(idx)
                 last_micro = (m + 1) % cfg.gradient_accumulation_steps == 0 or m == len(starts) - 1
-                chunks = [range(j, min(j + cfg.timesteps_per_forward, n_train)) for j in range(0, n_train, cfg.timesteps_per_forward)]
                 for c, js in enumerate(chunks):
                     syncing = last_micro and c == len(chunks) - 1
                     with contextlib.nullcontext() if syncing else acc.no_sync(self.unet):
