@@ -137,8 +137,11 @@ def train_reward_model(cache: EmbeddingCache, images_a: Sequence[np.ndarray], im
     text = cache.texts(prompts)
     fa, fb = spec(cache.images(images_a), text), spec(cache.images(images_b), text)
     targets = np.asarray(targets, np.float32)
+    n_prompts = len(set(prompts))
+    if n_prompts < 2:
+        raise ValueError(f"labels cover {n_prompts} prompt(s); held-out evaluation grouped by prompt needs at least 2")
     held_out, _ = cross_validate(fa, fb, targets, list(prompts),
-                                 lambda a, b, t: fit_ensemble(a, b, t, config).mean, config.n_splits)
+                                 lambda a, b, t: fit_ensemble(a, b, t, config).mean, min(config.n_splits, n_prompts))
     card = {"backbone": cache.backbone, "labels": int(len(targets)), "ties": int((targets == 0.5).sum()),
             "held_out_accuracy": held_out["accuracy"], "held_out": held_out, "config": asdict(config),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -148,6 +148,35 @@ class ImportReport:
     conflicts: int  # the store already held a different label: kept, never overwritten
 
 
+@dataclass(frozen=True)
+class Round:
+    id: int
+    phase: str
+    config: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image row with its prompt's text: what the rounds driver pairs and scores."""
+
+    id: int
+    path: str
+    prompt: str
+    round_id: int
+    seed: int | None
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: int
+    round_id: int
+    image_a: int
+    image_b: int
+    selection: str
+
+
 class Progress(NamedTuple):
     labelled: int  # labels by this labeller
     queued: int  # pairs they have not labelled yet
@@ -371,6 +400,27 @@ class Store:
         with self._write() as db:
             if db.execute("UPDATE rounds SET phase = ? WHERE id = ?", [phase, round_id]).rowcount == 0:
                 raise NotFound(f"round {round_id} does not exist")
+
+    def rounds(self) -> list[Round]:
+        """Every round, oldest first, with its phase and the config that produced it."""
+        with self._connect() as db:
+            return [Round(r["id"], r["phase"], json.loads(r["config"]), r["created_at"])
+                    for r in db.query("SELECT * FROM rounds ORDER BY id")]
+
+    def images(self, round_id: int | None = None) -> list[StoredImage]:
+        """Images of one round (or all), oldest first."""
+        with self._connect() as db:
+            return [StoredImage(r["id"], r["path"], r["text"], r["round_id"], r["seed"], r["model_id"])
+                    for r in db.query("SELECT i.id, i.path, pr.text, i.round_id, i.seed, i.model_id FROM images i "
+                                      "JOIN prompts pr ON pr.id = i.prompt_id WHERE (:round IS NULL OR i.round_id = :round) "
+                                      "ORDER BY i.id", {"round": round_id})]
+
+    def pairs(self, round_id: int | None = None) -> list[Pair]:
+        """Queued pairs of one round (or all), oldest first."""
+        with self._connect() as db:
+            return [Pair(r["id"], r["round_id"], r["image_a"], r["image_b"], r["selection"])
+                    for r in db.query("SELECT id, round_id, image_a, image_b, selection FROM pairs "
+                                      "WHERE (:round IS NULL OR round_id = :round) ORDER BY id", {"round": round_id})]
 
     def add_image(self, path: str | Path, prompt: str | int, round_id: int, seed: int | None,
                   model_id: str, sha256: str) -> int:

@@ -48,7 +48,7 @@ def ddim_step(
     sample: torch.Tensor,
     eta: float,
     prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     variance_noise: torch.Tensor | None = None,
 ) -> DDIMStep:
     """Take (or score) one stochastic DDIM step and return its sample, log-density, mean and std.

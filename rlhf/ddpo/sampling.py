@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from rlhf.ddpo.logprob import ddim_step
@@ -76,17 +77,19 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
 
 
 def sample_trajectories(pipe, unet, prompts: list[str], *, num_steps: int, eta: float, guidance_scale: float,
-                        generator: torch.Generator | None = None, progress: bool = False) -> Trajectories:
+                        generator: torch.Generator | list[torch.Generator] | None = None,
+                        progress: bool = False) -> Trajectories:
     """Run the stochastic DDIM policy on ``prompts`` and record the trajectory (under inference mode).
 
-    ``unet`` is passed separately so that a wrapped (LoRA / DDP) UNet samples as the current policy.
+    ``unet`` is passed separately so that a wrapped (LoRA / DDP) UNet samples as the current policy. A list
+    of generators, one per prompt, makes each image depend only on its own seed, not on its batch.
     """
     device = pipe.vae.device
     scheduler = make_scheduler(pipe, num_steps)
     with torch.inference_mode():
         embeds, neg = encode_prompts(pipe, prompts, device)
         c, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-        x = torch.randn((len(prompts), c, size, size), generator=generator, device=device, dtype=embeds.dtype)
+        x = randn_tensor((len(prompts), c, size, size), generator=generator, device=device, dtype=embeds.dtype)
         x = x * scheduler.init_noise_sigma
         latents, log_probs = [x], []
         for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):

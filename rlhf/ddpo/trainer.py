@@ -29,6 +29,7 @@ from rlhf.ddpo.logprob import ddim_step, gaussian_kl
 from rlhf.ddpo.loss import policy_loss, score_function_loss
 from rlhf.ddpo.rewards import Reward, check_finite
 from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
+from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -206,6 +207,7 @@ class DDPOTrainer:
         t1 = time.perf_counter()
         adv, adv_info = self.advantages(traj.prompts, rewards)
         metrics = self.update(traj, adv)
+        crashpoint("ddpo_epoch")
         self.epoch += 1
         metrics |= adv_info | reward_info | {"epoch": self.epoch, "time/sample_s": t1 - t0, "time/epoch_s": time.perf_counter() - t0}
         self._log(metrics, traj)
@@ -274,12 +276,14 @@ class DDPOTrainer:
             "trainable": {n: p.detach().cpu() for n, p in unet.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(), "stats": self.stats.state_dict(), "rng": self._rng_state(),
         }, tmp / "trainer_state.pt")
+        crashpoint("checkpoint")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return final
 
-    def load_checkpoint(self, path: Path | str) -> None:
-        """Restore model, optimizer, stat tracker, RNG and epoch exactly as saved."""
+    def load_policy(self, path: Path | str) -> dict:
+        """Start from a checkpoint's trained weights only (a new round's fresh optimizer and statistics);
+        returns the checkpoint's full state."""
         path = Path(path)
         state_file = path / "trainer_state.pt"
         if not state_file.is_file():
@@ -288,11 +292,18 @@ class DDPOTrainer:
         if state["base"] != self.base:
             raise CheckpointError(f"checkpoint {path} was trained on another base model (fingerprint {state['base']}, "
                                   f"this one {self.base}); load the base model it was made from or start a new run")
-        unet = self.accelerator.unwrap_model(self.unet)
-        params = dict(unet.named_parameters())
+        params = dict(self.accelerator.unwrap_model(self.unet).named_parameters())
+        if set(state["trainable"]) != {n for n, p in params.items() if p.requires_grad}:
+            raise CheckpointError(f"checkpoint {path} trained other parameters (LoRA vs full fine-tuning, or another "
+                                  "LoRA rank) than this config; use the settings it was trained with")
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 params[name].copy_(value)
+        return state
+
+    def load_checkpoint(self, path: Path | str) -> None:
+        """Restore model, optimizer, stat tracker, RNG and epoch exactly as saved."""
+        state = self.load_policy(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.stats.load_state_dict(state["stats"])
         rng = state["rng"]

@@ -1,0 +1,1 @@
+"""Alternating rounds of sample -> label -> reward model -> DDPO -> evaluate (``python -m rlhf.round``)."""

@@ -1,0 +1,366 @@
+"""The round state machine: sample -> queue -> label -> reward -> ddpo -> eval -> done, then the next round.
+
+The phase lives in the label store's rounds table, so the app, the trainer and the driver agree on it. Every
+phase is idempotent and writes each result either as one store transaction or as a file renamed into place
+when complete, and the phase advances only after its work is durable. A crash anywhere therefore costs at most
+the unfinished phase's remaining work: images already recorded are skipped (each image depends only on its
+prompt, seed and policy), pairs are re-derived deterministically and queued idempotently, labels are never
+touched, and a half-written reward model or checkpoint is never read.
+
+Run folder layout (image paths in the store are relative to the run folder's parent, the app's data folder)::
+
+    labels.db  rounds.json  report.md  embeddings/  eval/base-*.npy
+    images/round-001/p0003-s3001.png ...
+    round-001/reward_model/  round-001/ddpo/checkpoints/epoch-0030/  round-001/eval.json  round-001/report.md
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from PIL import Image
+
+from reward_models.bradley_terry import targets as choice_targets
+from reward_models.embeddings import EmbeddingCache
+from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, train_reward_model
+from reward_models.evaluate import pair_metrics, reliability_diagram
+from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
+from rlhf.ddpo.rewards import ClipScore
+from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
+from rlhf.faults import crashpoint
+from rlhf.models import load_clip, load_pipeline
+from rlhf.prompts import load_prompts
+from rlhf.round import evaluate, report
+from rlhf.round.config import RoundConfig, from_dict
+from rlhf.round.labellers import label_coverage, label_round, load_image, parse_labeller
+from rlhf.store import Round, Store
+
+PHASES = ("sample", "queue", "label", "reward", "ddpo", "eval", "done")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+MIN_LABELS = 5
+"""Fewer usable labels than this cannot fit, let alone evaluate, a reward model."""
+
+
+class RoundError(RuntimeError):
+    """A round cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    round_id: int
+    phase: str
+    """the phase that ran"""
+    message: str
+    waiting: bool = False
+    """True when the phase waits for people to label; nothing advanced"""
+
+
+def image_seed(prompt_index: int, k: int) -> int:
+    """Labelling seeds: the same (prompt, k) gets the same starting noise every round, for before/after views."""
+    return prompt_index * 1000 + k
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class JudgedReward:
+    """The learned reward, with the hidden taste logged beside it (``judge/hidden``) so their gap shows per epoch."""
+
+    def __init__(self, reward, taste: str | None):
+        self.reward, self.taste, self.name = reward, taste, reward.name
+
+    def __call__(self, images, prompts, metadata):
+        rewards, info = self.reward(images, prompts, metadata)
+        if self.taste is not None:
+            info = info | {"judge/hidden": float(evaluate.TASTES[self.taste].score(list(images), prompts).mean())}
+        return rewards, info
+
+
+class Loop:
+    """Drives the rounds stored in ``run_dir/labels.db``; ``config`` applies to rounds started from now on."""
+
+    def __init__(self, run_dir: str | Path, config: RoundConfig):
+        self.run_dir = Path(run_dir).absolute()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.data_root = self.run_dir.parent
+        self.store = Store(self.run_dir / "labels.db")
+        self.config = config.validate()
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self._clip = None
+        self._policy = None
+
+    # ----------------------------------------------------------------- where things are
+    def round_dir(self, round_id: int) -> Path:
+        return self.run_dir / f"round-{round_id:03d}"
+
+    def policy_checkpoint(self, round_id: int) -> Path | None:
+        """The DDPO checkpoint that round ``round_id`` ended with (None for round 0, the base model)."""
+        return latest_checkpoint(self.round_dir(round_id) / "ddpo") if round_id > 0 else None
+
+    def rounds(self) -> list[Round]:
+        return self.store.rounds()
+
+    def current(self) -> Round | None:
+        rounds = self.rounds()
+        return rounds[-1] if rounds else None
+
+    # ----------------------------------------------------------------- driving
+    def step(self) -> Outcome:
+        """Run the current round's phase (starting a new round after a finished one) and advance it."""
+        if self.state.is_main_process:
+            current = self.current()
+            if current is None or current.phase == "done":
+                self.store.add_round(self.config.to_dict(), phase=PHASES[0])
+        self.state.wait_for_everyone()
+        current = self.current()
+        cfg = from_dict(current.config)
+        outcome = Outcome(current.id, current.phase, "")
+        if current.phase == "ddpo" or self.state.is_main_process:  # DDPO runs on every process, the rest on one
+            message = getattr(self, f"_{current.phase}")(current.id, cfg)
+            outcome = Outcome(current.id, current.phase, message or "", waiting=message is None)
+        self.state.wait_for_everyone()
+        if self.state.is_main_process and not outcome.waiting:
+            crashpoint("phase")
+            self.store.set_phase(current.id, PHASES[PHASES.index(current.phase) + 1])
+        self.state.wait_for_everyone()
+        return outcome
+
+    def run(self, rounds: int, wait: bool = False, poll_s: float = 10.0) -> list[Outcome]:
+        """Step until ``rounds`` rounds are done; when people must label first, return (or poll, with ``wait``)."""
+        outcomes = []
+        while sum(r.phase == "done" for r in self.rounds()) < rounds:
+            outcome = self.step()
+            outcomes.append(outcome)
+            if outcome.waiting:
+                if not wait:
+                    break
+                time.sleep(poll_s)
+        return outcomes
+
+    # ----------------------------------------------------------------- models
+    def clip(self, cfg: RoundConfig):
+        if self._clip is None:
+            self._clip = load_clip(cfg.clip, cfg.clip_pretrained, device="cuda" if torch.cuda.is_available() else "cpu")
+        return self._clip
+
+    def embeddings(self, cfg: RoundConfig) -> EmbeddingCache:
+        return EmbeddingCache(self.run_dir / "embeddings", self.clip(cfg))
+
+    def reward_model(self, round_id: int, cfg: RoundConfig) -> RewardModel | None:
+        folder = self.round_dir(round_id) / "reward_model"
+        if not (folder / MODEL_FILE).is_file():
+            return None
+        return RewardModel.load(folder, self.clip(cfg), lam=cfg.uncertainty_penalty)
+
+    def ddpo_config(self, cfg: RoundConfig) -> DDPOConfig:
+        prompts = [p.text for p in load_prompts(cfg.prompts)]
+        return DDPO_PRESETS[cfg.ddpo_preset].replace(**{"mixed_precision": cfg.mixed_precision, **cfg.ddpo, "prompts": prompts})
+
+    def policy(self, round_id: int, cfg: RoundConfig):
+        """The pipeline with the policy that round ``round_id`` ended with (the LoRA loaded into the UNet with
+        diffusers' own loader, or the saved UNet of full fine-tuning); the last one is kept for the next call."""
+        if self._policy is not None and self._policy[0] == round_id:
+            return self._policy[1]
+        self._policy = None  # free the previous pipeline before loading the next
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32) if device == "cuda" else torch.float32
+        pipe = load_pipeline(cfg.pipeline, dtype=dtype, device=device)
+        checkpoint = self.policy_checkpoint(round_id)
+        if checkpoint is not None:
+            if (checkpoint / "unet").is_dir():
+                pipe.unet = type(pipe.unet).from_pretrained(checkpoint / "unet", torch_dtype=dtype).to(device)
+            else:
+                pipe.unet.load_lora_adapter(checkpoint, prefix="unet", weight_name=LORA_FILE)
+        pipe.set_progress_bar_config(disable=True)
+        self._policy = (round_id, pipe)
+        return pipe
+
+    def draw(self, round_id: int, cfg: RoundConfig, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        ddpo = self.ddpo_config(cfg)
+        pipe = self.policy(round_id, cfg)
+        return evaluate.draw(pipe, pipe.unet, prompts, seeds, num_steps=ddpo.num_steps, eta=ddpo.eta,
+                             guidance_scale=ddpo.guidance_scale)
+
+    # ----------------------------------------------------------------- phases
+    def _sample(self, round_id: int, cfg: RoundConfig) -> str:
+        """Draw images_per_prompt images of every prompt with the previous round's policy."""
+        prompts = [p.text for p in load_prompts(cfg.prompts)]
+        recorded = {(im.prompt, im.seed) for im in self.store.images(round_id)}
+        jobs = [(i, p, image_seed(i, k)) for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)
+                if (p, image_seed(i, k)) not in recorded]
+        folder = self.run_dir / "images" / f"round-{round_id:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model_id = "base" if round_id == 1 else f"round-{round_id - 1}"
+        batch = 64
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(jobs), batch), desc=f"round {round_id}: sampling", unit="batch"):
+            chunk = jobs[start:start + batch]
+            images = self.draw(round_id - 1, cfg, [p for _, p, _ in chunk], [s for _, _, s in chunk])
+            for (i, prompt, seed), image in zip(chunk, images):
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                path = folder / f"p{i:04d}-s{seed}.png"
+                write_atomic(path, buffer.getvalue())
+                crashpoint("sample")
+                self.store.add_image(path.relative_to(self.data_root), prompt, round_id, seed, model_id,
+                                     hashlib.sha256(buffer.getvalue()).hexdigest())
+        return f"{len(jobs)} images drawn ({len(recorded)} were already there) with the {model_id} policy"
+
+    def _queue(self, round_id: int, cfg: RoundConfig) -> str:
+        """Queue audit, random and (from round 2) actively chosen pairs; re-running queues the same pairs."""
+        from reward_models.active import select_pairs
+
+        images = self.store.images(round_id)
+        prompts = [im.prompt for im in images]
+        model = self.reward_model(round_id - 1, cfg)
+        features = None
+        if model is not None:
+            cache = self.embeddings(cfg)
+            pixels = [load_image(self.data_root, im.path) for im in images]
+            features = model.spec(cache.images(pixels), cache.texts(prompts))
+        try:
+            picks = select_pairs(prompts, features, model.ensemble if model else None, cfg.pairs_per_round,
+                                 random_share=cfg.random_share, n_audit=cfg.audit_pairs, seed=cfg.seed * 1000 + round_id)
+        except ValueError as e:
+            raise RoundError(f"round {round_id}: cannot queue {cfg.pairs_per_round} pairs ({e}); lower pairs_per_round "
+                             "or raise images_per_prompt") from None
+        counts = {}
+        for selection in ("audit", "random", "active"):
+            chosen = [(images[i].id, images[j].id) for i, j, s in picks if s == selection]
+            counts[selection] = len(self.store.queue_pairs(chosen, selection, round_id))
+            crashpoint("queue")
+        return ", ".join(f"{n} {s}" for s, n in counts.items()) + " pairs queued"
+
+    def _label(self, round_id: int, cfg: RoundConfig) -> str | None:
+        """Synthetic: answer every pair now. Human: done once every pair has a label; else None (waiting)."""
+        labeller = parse_labeller(cfg.labeller)
+        if labeller is not None:
+            n = label_round(self.store, round_id, labeller, self.data_root)
+            return f"{n} pairs labelled by {labeller.name}"
+        labelled, queued = label_coverage(self.store, round_id)
+        if labelled < queued:
+            print(f"round {round_id}: {labelled}/{queued} pairs labelled; waiting for people to label in the app "
+                  f"(RLHF_DB={self.store.path} streamlit run app/label.py)")
+            return None
+        return f"all {queued} pairs labelled"
+
+    def _preference_arrays(self, preferences):
+        """Images a, b (a = lower image id, so targets are not all 1), prompts and P(a preferred)."""
+        a, b, prompts, choices = [], [], [], []
+        for p in preferences:
+            winner_first = p.winner_image < p.loser_image
+            first, second = (p.winner_path, p.loser_path) if winner_first else (p.loser_path, p.winner_path)
+            a.append(load_image(self.data_root, first))
+            b.append(load_image(self.data_root, second))
+            prompts.append(p.prompt)
+            choices.append("tie" if p.tie else ("left" if winner_first else "right"))
+        return a, b, prompts, choice_targets(choices)
+
+    def _reward(self, round_id: int, cfg: RoundConfig) -> str:
+        """Fit the reward model on every round's labels except the audit pairs, which test it."""
+        out = self.round_dir(round_id) / "reward_model"
+        if (out / MODEL_FILE).is_file():
+            return f"reward model already at {out}"
+        audit = {p.id for p in self.store.pairs() if p.selection == "audit"}
+        preferences = [p for p in self.store.preferences() if p.round_id <= round_id]
+        train = [p for p in preferences if p.pair_id not in audit]
+        held = [p for p in preferences if p.pair_id in audit]
+        if len(train) < MIN_LABELS:
+            raise RoundError(f"round {round_id}: only {len(train)} usable labels (skips and 'both bad' do not count), "
+                             f"at least {MIN_LABELS} are needed; label more pairs in the app, then run again")
+        cache = self.embeddings(cfg)
+        a, b, prompts, targets = self._preference_arrays(train)
+        config = RewardModelConfig(k=cfg.ensemble_size, lam=cfg.uncertainty_penalty, seed=cfg.seed)
+        model, held_out = train_reward_model(cache, a, b, prompts, targets, config)
+        if held:
+            ha, hb, hp, ht = self._preference_arrays(held)
+            text = cache.texts(hp)
+            scores_a, scores_b = (model.ensemble.mean(model.spec(cache.images(x), text)) for x in (ha, hb))
+            model.card["audit"] = pair_metrics(scores_a, scores_b, ht)
+        tmp = out.with_name(".tmp-reward_model")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(tmp)
+        if held:
+            reliability_diagram(scores_a - scores_b, ht, tmp / "reliability.png")
+        crashpoint("reward")
+        os.replace(tmp, out)
+        audit_acc = model.card.get("audit", {}).get("accuracy")
+        return (f"reward model on {len(train)} labels: held-out accuracy {held_out['accuracy']:.3f}"
+                + (f", audit accuracy {audit_acc:.3f} on {len(held)} pairs" if audit_acc is not None else ""))
+
+    def _ddpo(self, round_id: int, cfg: RoundConfig) -> str:
+        """Fine-tune the previous policy against this round's reward model; resumes from the last checkpoint."""
+        ddpo = self.ddpo_config(cfg)
+        if ddpo.save_every == 0:
+            ddpo = ddpo.replace(save_every=max(1, ddpo.num_epochs // 4))  # a crash costs at most a quarter
+        labeller = parse_labeller(cfg.labeller)
+        reward = JudgedReward(self.reward_model(round_id, cfg), labeller.persona.taste if labeller else None)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = load_pipeline(cfg.pipeline, device=device)
+        pipe.set_progress_bar_config(disable=True)
+        run = self.round_dir(round_id) / "ddpo"
+        trainer = DDPOTrainer(pipe, reward, ddpo, run)
+        resume, previous = latest_checkpoint(run), self.policy_checkpoint(round_id - 1)
+        if resume is not None:
+            trainer.load_checkpoint(resume)
+        elif previous is not None:
+            trainer.load_policy(previous)
+        trainer.train(ddpo.num_epochs - trainer.epoch)
+        if latest_checkpoint(run) is None or latest_checkpoint(run).name != f"epoch-{trainer.epoch:04d}":
+            trainer.save_checkpoint()
+        return f"DDPO {ddpo.num_epochs} epochs" + (f" (resumed at epoch {resume.name[6:]})" if resume else "")
+
+    def _eval(self, round_id: int, cfg: RoundConfig) -> str:
+        result = self.evaluate(round_id, cfg)
+        report.write(self)
+        policy = result["policy"]["train_prompts"]
+        hidden = f", hidden score {policy['hidden_score']:.4f}" if "hidden_score" in policy else ""
+        return f"learned reward {policy['learned_reward']:+.3f}{hidden}; report at {self.run_dir / 'report.md'}"
+
+    # ----------------------------------------------------------------- evaluation
+    def eval_sets(self, cfg: RoundConfig) -> list[evaluate.EvalSet]:
+        eval_prompts = [p.text for p in load_prompts(cfg.eval_prompts)]
+        return [evaluate.EvalSet("train_prompts", [p.text for p in load_prompts(cfg.prompts)], cfg.eval_seeds),
+                evaluate.EvalSet("eval_prompts", eval_prompts[:cfg.eval_prompt_count or None], cfg.eval_seeds)]
+
+    def eval_images(self, round_id: int, cfg: RoundConfig, eval_set: evaluate.EvalSet) -> np.ndarray:
+        """Images of round ``round_id``'s policy (0: base) on an eval set, drawn once and kept as .npy."""
+        folder = self.run_dir / "eval" if round_id == 0 else self.round_dir(round_id)
+        path = folder / f"{'base-' if round_id == 0 else 'eval-'}{eval_set.name}.npy"
+        if path.is_file():
+            return np.load(path)
+        prompts, seeds = eval_set.jobs()
+        images = self.draw(round_id, cfg, prompts, seeds)
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, images)
+        write_atomic(path, buffer.getvalue())
+        crashpoint("eval")
+        return images
+
+    def evaluate(self, round_id: int, cfg: RoundConfig) -> dict:
+        """Base and round ``round_id``'s policy on the eval sets, judged by this round's reward model, CLIP score
+        and (synthetic labeller) the hidden taste; written to ``round-NNN/eval.json``."""
+        labeller = parse_labeller(cfg.labeller)
+        judges = {"reward_model": self.reward_model(round_id, cfg), "clip_score": ClipScore(self.clip(cfg)),
+                  "taste": labeller.persona.taste if labeller else None}
+        result = {"round": round_id, "policy_checkpoint": str(self.policy_checkpoint(round_id)), "base": {}, "policy": {}}
+        for eval_set in self.eval_sets(cfg):
+            prompts = eval_set.jobs()[0]
+            for name, rid in (("base", 0), ("policy", round_id)):
+                result[name][eval_set.name] = evaluate.metrics(self.eval_images(rid, cfg, eval_set), prompts, **judges)
+        write_atomic(self.round_dir(round_id) / "eval.json", json.dumps(result, indent=2).encode())
+        return result
