@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m rlhf.toy.quality
+	$(PY) -m rlhf.round demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

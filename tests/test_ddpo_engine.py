@@ -116,3 +116,14 @@ def test_kl_penalty_to_the_base_model_is_zero_before_training_and_grows(tmp_path
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
     assert (tmp_path / "grids" / "epoch-0002.png").is_file()
+
+
+def test_each_epoch_logs_scalars_and_a_grid_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(kl_coef=0.1), tmp_path)
+    trainer.train(2, progress=False)
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    for tag in ("reward/mean", "reward/std", "ppo/approx_kl", "ppo/clipfrac", "kl/to_base", "loss/policy"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    assert [e.step for e in events.Images("samples")] == [1, 2]

@@ -146,3 +146,26 @@ def test_sigkill_anywhere_then_rerun_finishes_the_round_exactly_once(tmp_path, p
     assert_round_complete(run_dir)
     assert not list(run_dir.rglob(".tmp-*"))  # every half-written file or folder was replaced
     assert (run_dir / "round-001" / "ddpo" / "checkpoints" / "epoch-0002" / "trainer_state.pt").is_file()
+
+
+@pytest.mark.slow
+def test_the_ddpo_phase_under_accelerate_launch_with_two_cpu_processes(tmp_path):
+    """The driver under ``accelerate launch``: one process runs the other phases, both run DDPO (gloo)."""
+    import socket
+
+    run_dir = tmp_path / "runs"
+    loop = Loop(run_dir, tiny())
+    while loop.current() is None or loop.current().phase != "ddpo":
+        loop.step()
+    with socket.socket() as s:  # a free loopback port for the gloo rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "rlhf.round", "step", "--run-dir", str(run_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = [json.loads(line) for line in (run_dir / "round-001" / "ddpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["reward/count"] for m in metrics] == [8, 8]  # 4 samples per process per epoch, gathered
+    assert loop.current().phase == "eval"

@@ -50,8 +50,13 @@ class DDPOTrainer:
     def __init__(self, pipe, reward: Reward, cfg: DDPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
         self.cfg = cfg.validate()
         on_gpu = torch.cuda.is_available()  # cpu=True is what lets accelerate run several CPU processes over gloo
-        self.accelerator = accelerator or Accelerator(cpu=not on_gpu, mixed_precision=cfg.mixed_precision if on_gpu else "no")
         self.run_dir = Path(run_dir)
+        if accelerator is None:  # scalars and grids go to tensorboard under run_dir/tensorboard
+            accelerator = Accelerator(cpu=not on_gpu, mixed_precision=cfg.mixed_precision if on_gpu else "no",
+                                      log_with="tensorboard", project_dir=str(self.run_dir))
+            accelerator.init_trackers("tensorboard", config={k: v for k, v in dataclasses.asdict(cfg).items()
+                                                             if isinstance(v, (int, float, str, bool))})
+        self.accelerator = accelerator
         self.reward = reward
         self.pipe = pipe.to(self.accelerator.device)
         set_seed(cfg.seed, device_specific=True)
@@ -61,6 +66,7 @@ class DDPOTrainer:
         self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.scheduler = make_scheduler(pipe, cfg.num_steps)
         self.epoch = 0
+        self.saved_epoch: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1)
 
     # ----------------------------------------------------------------- set-up
@@ -237,6 +243,8 @@ class DDPOTrainer:
 
     # ----------------------------------------------------------------- logging and checkpoints
     def _log(self, metrics: dict, traj: Trajectories) -> None:
+        """metrics.jsonl, a grid PNG per epoch, and the same to the accelerator's trackers (tensorboard)."""
+        self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.epoch)
         if not self.accelerator.is_main_process:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +252,12 @@ class DDPOTrainer:
             f.write(json.dumps(metrics) + "\n")
         grids = self.run_dir / "grids"
         grids.mkdir(exist_ok=True)
-        image_grid(list(traj.images[:16]), traj.prompts[:16], cols=8).save(grids / f"epoch-{self.epoch:04d}.png")
+        grid = image_grid(list(traj.images[:16]), traj.prompts[:16], cols=8)
+        grid.save(grids / f"epoch-{self.epoch:04d}.png")
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({"samples": np.asarray(grid)[None]}, step=self.epoch, dataformats="NHWC")
+                tracker.writer.flush()
 
     def _rng_state(self) -> dict:
         return {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(), "generator": self.generator.get_state(),
@@ -255,6 +268,7 @@ class DDPOTrainer:
         into place only when complete, so a crash never leaves a half-written checkpoint."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        self.saved_epoch = self.epoch  # on every process, so all agree whether a final save is due
         if not acc.is_main_process:
             return None
         root = self.run_dir / "checkpoints"
@@ -311,7 +325,7 @@ class DDPOTrainer:
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
         random.setstate(rng["python"])
-        self.epoch = state["epoch"]
+        self.epoch = self.saved_epoch = state["epoch"]
 
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:

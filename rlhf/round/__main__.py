@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlhf.paths import ROOT, RUNS
 
-DEMO_TASTE = "large_warm"
+DEMO_TASTE = "centred"
 DEMO_ROUNDS = 3
 
 

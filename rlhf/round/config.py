@@ -61,6 +61,8 @@ class RoundConfig:
     """the first N prompts of eval_prompts (0: all)"""
     eval_seeds: int = 2
     """fixed seeds per eval prompt, also used on the training prompts (held-out seeds)"""
+    aesthetic_weights: str | None = None
+    """LAION aesthetic predictor weights (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14), judged at eval if given"""
     seed: int = 0
 
     def validate(self) -> RoundConfig:

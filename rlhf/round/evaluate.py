@@ -52,14 +52,16 @@ def prompt_following(images: np.ndarray, prompts: list[str]) -> float | None:
     return float(TASTES["faithful"].score(list(images), prompts).mean())
 
 
-def metrics(images: np.ndarray, prompts: list[str], *, reward_model=None, clip_score=None, taste: str | None = None) -> dict:
-    """The figures one evaluated image set gets; each judge is optional."""
+def metrics(images: np.ndarray, prompts: list[str], *, reward_model=None, scorers: dict | None = None,
+            taste: str | None = None) -> dict:
+    """The figures one evaluated image set gets: the learned reward's ensemble mean and std, each DDPO-style
+    reward in ``scorers`` (CLIP score, aesthetic head) by name, and the hidden taste; each judge is optional."""
     out: dict[str, float | None] = {"images": len(images), "prompt_following": prompt_following(images, prompts)}
     if reward_model is not None:
         mean, std = reward_model.score(images, prompts)
         out |= {"learned_reward": float(mean.mean()), "learned_reward_std": float(std.mean())}
-    if clip_score is not None:
-        out["clip_score"] = float(np.mean(clip_score(images, prompts, [{}] * len(prompts))[0]))
+    for name, scorer in (scorers or {}).items():
+        out[name] = float(np.mean(scorer(images, prompts, [{}] * len(prompts))[0]))
     if taste is not None:
         out["hidden_score"] = float(TASTES[taste].score(list(images), prompts).mean())
     return out

@@ -34,7 +34,7 @@ from reward_models.embeddings import EmbeddingCache
 from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, train_reward_model
 from reward_models.evaluate import pair_metrics, reliability_diagram
 from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
-from rlhf.ddpo.rewards import ClipScore
+from rlhf.ddpo.rewards import Aesthetic, ClipScore
 from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
 from rlhf.faults import crashpoint
 from rlhf.models import load_clip, load_pipeline
@@ -319,7 +319,7 @@ class Loop:
         elif previous is not None:
             trainer.load_policy(previous)
         trainer.train(ddpo.num_epochs - trainer.epoch)
-        if latest_checkpoint(run) is None or latest_checkpoint(run).name != f"epoch-{trainer.epoch:04d}":
+        if trainer.saved_epoch != trainer.epoch:
             trainer.save_checkpoint()
         return f"DDPO {ddpo.num_epochs} epochs" + (f" (resumed at epoch {resume.name[6:]})" if resume else "")
 
@@ -352,10 +352,14 @@ class Loop:
         return images
 
     def evaluate(self, round_id: int, cfg: RoundConfig) -> dict:
-        """Base and round ``round_id``'s policy on the eval sets, judged by this round's reward model, CLIP score
-        and (synthetic labeller) the hidden taste; written to ``round-NNN/eval.json``."""
+        """Base and round ``round_id``'s policy on the eval sets, judged by this round's reward model, CLIP score,
+        the aesthetic head (when its weights exist locally) and (synthetic labeller) the hidden taste; written to
+        ``round-NNN/eval.json``. HPSv2 is not wired in: its weights need a hub download."""
         labeller = parse_labeller(cfg.labeller)
-        judges = {"reward_model": self.reward_model(round_id, cfg), "clip_score": ClipScore(self.clip(cfg)),
+        scorers = {"clip_score": ClipScore(self.clip(cfg))}
+        if cfg.aesthetic_weights and Path(cfg.aesthetic_weights).is_file():
+            scorers["aesthetic"] = Aesthetic(self.clip(cfg), cfg.aesthetic_weights)
+        judges = {"reward_model": self.reward_model(round_id, cfg), "scorers": scorers,
                   "taste": labeller.persona.taste if labeller else None}
         result = {"round": round_id, "policy_checkpoint": str(self.policy_checkpoint(round_id)), "base": {}, "policy": {}}
         for eval_set in self.eval_sets(cfg):
