@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 from sklearn.model_selection import GroupKFold
+
+from rlhf.plot import line_chart
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # features -> scores
 Fit = Callable[[np.ndarray, np.ndarray, np.ndarray], Scorer]  # (features_a, features_b, targets) -> scorer
@@ -86,38 +87,11 @@ def learning_curve(features_a: np.ndarray, features_b: np.ndarray, targets: np.n
             for n in sizes]
 
 
-def reliability_diagram(diff: np.ndarray, targets: np.ndarray, path: str | Path, bins: int = 10,
-                        size: int = 360) -> Path:
-    """PNG of observed P(favourite preferred) against the model's confidence per bin (grey bars: pair counts)."""
-    table = calibration_bins(diff, targets, bins)
-    m = 40  # margin for axis labels
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    x0, y0, x1, y1 = m, size - m, size - 10, 10
-
-    def xy(conf: float, obs: float) -> tuple[float, float]:
-        return x0 + (conf - 0.5) / 0.5 * (x1 - x0), y0 - obs * (y0 - y1)
-
-    most = max(r["n"] for r in table) or 1
-    for r in table:  # histogram of pairs per bin, scaled to the plot height
-        if r["n"]:
-            draw.rectangle([xy(r["lo"], 0)[0] + 1, y0 - 0.3 * (y0 - y1) * r["n"] / most, xy(r["hi"], 0)[0] - 1, y0],
-                           fill=(225, 225, 225))
-    draw.line([xy(0.5, 0.5), xy(1, 1)], fill=(150, 150, 150), width=1)  # perfect calibration
-    pts = [xy(r["confidence"], r["observed"]) for r in table if r["n"]]
-    if len(pts) > 1:
-        draw.line(pts, fill=(40, 80, 225), width=2)
-    for x, y in pts:
-        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(40, 80, 225))
-    draw.rectangle([x0, y1, x1, y0], outline="black")
-    for v in (0.5, 0.75, 1.0):
-        draw.text((xy(v, 0)[0] - 8, y0 + 4), f"{v:.2f}", fill="black")
-    for v in (0.0, 0.5, 1.0):
-        draw.text((4, xy(0.5, v)[1] - 6), f"{v:.1f}", fill="black")
-    draw.text((x0 + 4, y1 + 4), "observed vs confidence", fill="black")
+def reliability_diagram(diff: np.ndarray, targets: np.ndarray, path: str | Path, bins: int = 10) -> Path:
+    """PNG of observed P(favourite preferred) against the model's confidence per bin, with the diagonal of
+    perfect calibration and the ECE in the title."""
+    table = [r for r in calibration_bins(diff, targets, bins) if r["n"]]
     ece = pair_metrics(diff, np.zeros_like(diff), targets, bins)["ece"]
-    draw.text((x0 + 4, y1 + 18), f"ECE {ece:.3f}", fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    return line_chart({"model": ([r["confidence"] for r in table], [r["observed"] for r in table]),
+                       "perfect calibration": ([0.5, 1.0], [0.5, 1.0])}, path, size=(4, 4),
+                      title=f"Reliability (ECE {ece:.3f})", xlabel="confidence", ylabel="observed")

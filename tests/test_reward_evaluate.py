@@ -82,5 +82,5 @@ def test_reliability_diagram_writes_a_png_with_the_points(tmp_path):
     d, t = _calibrated(2000, 0)
     path = reliability_diagram(d, t, tmp_path / "plots" / "reliability.png")
     pixels = np.asarray(Image.open(path).convert("RGB"))
-    assert pixels.shape == (360, 360, 3)
-    assert ((pixels == (40, 80, 225)).all(-1)).sum() > 50  # the calibration curve is drawn
+    assert pixels.shape == (400, 400, 3)
+    assert ((pixels == (31, 119, 180)).all(-1)).sum() > 50  # the calibration curve is drawn (matplotlib's first colour)

@@ -139,7 +139,7 @@ def _charts(loop: Loop, records: list[dict]) -> None:
             series[label] = (rounds, values)
     if series:
         line_chart(series, loop.run_dir / "scores.png", title="Held-out scores per round (0 = base)",
-                   xlabel="round", ylabel="score")
+                   xlabel="round", ylabel="score", integer_x=True)
     learned, hidden, offset = {}, {}, 0
     for r in records:
         curve = r.get("reward/mean", [])
@@ -149,7 +149,7 @@ def _charts(loop: Loop, records: list[dict]) -> None:
             hidden[f"round {r['round']}"] = (epochs, r["judge/hidden"])
         offset += len(curve)
     line_chart(learned, loop.run_dir / "ddpo_learned.png", title="DDPO: learned reward of each epoch's samples",
-               xlabel="epoch (all rounds)", ylabel="ensemble mean - lambda * std")
+               xlabel="epoch (all rounds)", ylabel="ensemble mean - lambda * std", integer_x=True)
     if hidden:
         line_chart(hidden, loop.run_dir / "ddpo_hidden.png", title="DDPO: hidden score of each epoch's samples",
-                   xlabel="epoch (all rounds)", ylabel="hidden taste score")
+                   xlabel="epoch (all rounds)", ylabel="hidden taste score", integer_x=True)
