@@ -141,6 +141,8 @@ def write_demo(loop, out: Path, minutes: float) -> None:
         "hidden_score": [r[f"judge/{m}/train_prompts/hidden_score"] for m, r in models],
         "hidden_score_eval_prompts": [r[f"judge/{m}/eval_prompts/hidden_score"] for m, r in models],
         "prompt_following": [r[f"judge/{m}/eval_prompts/prompt_following"] for m, r in models],
+        "learned_reward_base_policy": [[r["judge/base/train_prompts/learned_reward"], r["judge/policy/train_prompts/learned_reward"]]
+                                       for r in records],
         "rm_accuracy": [r["rm/accuracy"] for r in records],
         "rm_audit_accuracy": [r.get("rm/audit_accuracy") for r in records],
         "labels": [r["rm/labels"] for r in records],

@@ -52,14 +52,14 @@ class RoundConfig:
 
     # DDPO
     ddpo_preset: str = "toy"
-    ddpo: dict[str, Any] = field(default_factory=dict)
+    ddpo: dict[str, Any] = field(default_factory=lambda: {"save_every": 4})
     """overrides of the DDPO preset (any rlhf.ddpo.config.DDPOConfig field), e.g. {num_epochs = 30}"""
 
     # evaluation
     eval_prompts: str = "toy_eval"
-    eval_prompt_count: int = 48
+    eval_prompt_count: int = 32
     """the first N prompts of eval_prompts (0: all)"""
-    eval_seeds: int = 2
+    eval_seeds: int = 6
     """fixed seeds per eval prompt, also used on the training prompts (held-out seeds)"""
     aesthetic_weights: str | None = None
     """LAION aesthetic predictor weights (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14), judged at eval if given"""
