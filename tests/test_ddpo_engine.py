@@ -127,3 +127,17 @@ def test_each_epoch_logs_scalars_and_a_grid_to_tensorboard(tmp_path):
     for tag in ("reward/mean", "reward/std", "ppo/approx_kl", "ppo/clipfrac", "kl/to_base", "loss/policy"):
         assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
     assert [e.step for e in events.Images("samples")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_toy_preset_raises_the_centred_taste_on_held_out_seeds(tmp_path):
+    """bench/ddpo_toy_sweep.py's winning setting, as shipped: 12 epochs of 64 trajectories raise the `centred`
+    taste on 256 held-out samples from 0.640 to 0.675 (the other settings moved it by less than 0.007 or
+    collapsed). The margin asked here is 0.02."""
+    from rlhf.prompts import load_prompts
+
+    prompts = [p.text for p in load_prompts("toy_train")]
+    trainer = DDPOTrainer(load_pipeline(), TasteReward("centred"), PRESETS["toy"].replace(prompts=prompts), tmp_path)
+    before = trainer.evaluate(prompts, samples_per_prompt=16)
+    trainer.train(progress=False)
+    assert trainer.evaluate(prompts, samples_per_prompt=16) > before + 0.02
