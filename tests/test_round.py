@@ -79,6 +79,8 @@ def test_reports_and_the_dashboard_file(two_rounds):
     assert len(rounds[1]["reward/mean"]) == 2 and len(rounds[1]["judge/hidden"]) == 2
     assert rounds[1]["rm/labels"] == 2 * (PAIRS - 2)  # both rounds' labels but the audit pairs
     assert "rm/accuracy" in round_metrics(rounds).columns
+    curve = rounds[1]["rm/learning_curve"]
+    assert [p["labels"] for p in curve] == sorted(p["labels"] for p in curve) and 0 <= curve[-1]["accuracy"] <= 1
     report = (loop.run_dir / "report.md").read_text()
     assert "| 0 (base) |" in report and "round-002/report.md" in report
     for name in ("scores.png", "ddpo_learned.png", "ddpo_hidden.png", "round-002/before_after.png",

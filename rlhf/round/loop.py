@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,8 @@ from PIL import Image
 
 from reward_models.bradley_terry import targets as choice_targets
 from reward_models.embeddings import EmbeddingCache
-from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, train_reward_model
-from reward_models.evaluate import pair_metrics, reliability_diagram
+from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, fit_ensemble, train_reward_model
+from reward_models.evaluate import learning_curve, pair_metrics, reliability_diagram
 from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
 from rlhf.ddpo.rewards import Aesthetic, ClipScore
 from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
@@ -269,6 +269,19 @@ class Loop:
             choices.append("tie" if p.tie else ("left" if winner_first else "right"))
         return a, b, prompts, choice_targets(choices)
 
+    @staticmethod
+    def _learning_curve(cache, spec, a, b, prompts, targets, config: RewardModelConfig) -> list[dict]:
+        """Grouped-CV accuracy of one head on a quarter, half, three quarters and all of the labels: whether more
+        labels are still worth collecting."""
+        text = cache.texts(prompts)
+        fa, fb = spec(cache.images(a), text), spec(cache.images(b), text)
+        n_train = len(targets) * (min(config.n_splits, len(set(prompts))) - 1) // min(config.n_splits, len(set(prompts)))
+        sizes = sorted({max(MIN_LABELS, n_train * k // 4) for k in (1, 2, 3, 4)})
+        one_head = replace(config, k=1)
+        curve = learning_curve(fa, fb, targets, prompts, lambda x, y, t: fit_ensemble(x, y, t, one_head).mean, sizes,
+                               n_splits=min(config.n_splits, len(set(prompts))))
+        return [{"labels": point["labels"], "accuracy": point["accuracy"]} for point in curve]
+
     def _reward(self, round_id: int, cfg: RoundConfig) -> str:
         """Fit the reward model on every round's labels except the audit pairs, which test it."""
         out = self.round_dir(round_id) / "reward_model"
@@ -285,6 +298,7 @@ class Loop:
         a, b, prompts, targets = self._preference_arrays(train)
         config = RewardModelConfig(k=cfg.ensemble_size, lam=cfg.uncertainty_penalty, seed=cfg.seed)
         model, held_out = train_reward_model(cache, a, b, prompts, targets, config)
+        model.card["learning_curve"] = self._learning_curve(cache, model.spec, a, b, prompts, targets, config)
         if held:
             ha, hb, hp, ht = self._preference_arrays(held)
             text = cache.texts(hp)

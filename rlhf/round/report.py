@@ -53,6 +53,7 @@ def round_record(loop: Loop, round_id: int) -> dict | None:
               "rm/accuracy_with_ties": card["held_out"]["accuracy_with_ties"], "rm/ece": card["held_out"]["ece"]}
     if "audit" in card:
         record |= {"rm/audit_accuracy": card["audit"]["accuracy"], "rm/audit_pairs": card["audit"]["pairs"]}
+    record["rm/learning_curve"] = card.get("learning_curve", [])
     record |= epoch_curves(folder / "ddpo" / "metrics.jsonl")
     for title, (eval_set, metric) in SUMMARY_COLUMNS.items():
         for model in ("base", "policy"):
@@ -85,6 +86,9 @@ def write_round(loop: Loop, round_id: int, record: dict) -> Path:
              f"Reward model: grouped-CV accuracy {record['rm/accuracy']:.3f} ({record['rm/accuracy_with_ties']:.3f} with ties), "
              f"ECE {record['rm/ece']:.3f}"
              + (f"; audit accuracy {record['rm/audit_accuracy']:.3f} on {record['rm/audit_pairs']} pairs." if "rm/audit_accuracy" in record else "."), ""]
+    if record["rm/learning_curve"]:
+        lines += ["Learning curve (grouped CV, one head): " + ", ".join(
+            f"{p['labels']:.0f} labels {p['accuracy']:.3f}" for p in record["rm/learning_curve"]) + ".", ""]
     if (folder / "reward_model" / "reliability.png").is_file():
         lines += ["![reliability on audit pairs](reward_model/reliability.png)", ""]
     curve = record.get("reward/mean", [])
