@@ -73,7 +73,9 @@ THREADS = 1
 
 # --------------------------------------------------------------------------- shared by every worker
 def load_prompts() -> list[str]:
-    return [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    from rlhf.prompts import load_prompts as read_prompt_set
+
+    return [p.text for p in read_prompt_set(PROMPTS)]
 
 
 def rss_kib() -> int:

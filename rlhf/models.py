@@ -29,7 +29,8 @@ def _offline_hint(source: str) -> str:
     return "check the hub id or pass a local folder saved with save_pretrained"
 
 
-def load_pipeline(source: str | Path = TOY_PIPELINE, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def load_pipeline(source: str | Path = TOY_PIPELINE, *, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu"):
     """Any diffusers text-to-image pipeline, from a folder saved with ``save_pretrained`` or a hub id."""
     from diffusers import DiffusionPipeline
 

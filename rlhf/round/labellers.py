@@ -50,7 +50,7 @@ def label_round(store: Store, round_id: int, labeller: Synthetic, data_root: Pat
     taste = get_taste(labeller.persona.taste)
     scores: dict[int, float] = {}
 
-    def score(image) -> float:
+    def score(image, prompt: str) -> float:
         if image.id not in scores:
             scores[image.id] = taste(load_image(data_root, image.path), prompt)
         return scores[image.id]
@@ -58,9 +58,9 @@ def label_round(store: Store, round_id: int, labeller: Synthetic, data_root: Pat
     done = 0
     with tqdm(total=store.progress(labeller.name, round_id).queued, desc=f"labelling ({labeller.name})", unit="pair") as bar:
         while (pair := store.claim_next_pair(labeller.name, round_id)) is not None:
-            prompt = pair.prompt
             seed = int.from_bytes(hashlib.sha256(f"{pair.pair_id}/{labeller.name}".encode()).digest()[:8], "little")
-            choice = choose(labeller.persona, np.array([score(pair.left)]), np.array([score(pair.right)]), seed)[0]
+            left, right = score(pair.left, pair.prompt), score(pair.right, pair.prompt)
+            choice = choose(labeller.persona, np.array([left]), np.array([right]), seed)[0]
             crashpoint("label")
             store.record_label(pair.pair_id, labeller.name, choice, pair.left.id)
             done += 1

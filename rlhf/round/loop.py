@@ -152,7 +152,7 @@ class Loop:
     # ----------------------------------------------------------------- models
     def clip(self, cfg: RoundConfig):
         if self._clip is None:
-            self._clip = load_clip(cfg.clip, cfg.clip_pretrained, device="cuda" if torch.cuda.is_available() else "cpu")
+            self._clip = load_clip(cfg.clip, cfg.clip_pretrained, device=str(self.state.device))
         return self._clip
 
     def embeddings(self, cfg: RoundConfig) -> EmbeddingCache:
@@ -174,8 +174,8 @@ class Loop:
         if self._policy is not None and self._policy[0] == round_id:
             return self._policy[1]
         self._policy = None  # free the previous pipeline before loading the next
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32) if device == "cuda" else torch.float32
+        device = self.state.device
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32) if device.type == "cuda" else torch.float32
         pipe = load_pipeline(cfg.pipeline, dtype=dtype, device=device)
         checkpoint = self.policy_checkpoint(round_id)
         if checkpoint is not None:
@@ -183,7 +183,6 @@ class Loop:
                 pipe.unet = type(pipe.unet).from_pretrained(checkpoint / "unet", torch_dtype=dtype).to(device)
             else:
                 pipe.unet.load_lora_adapter(checkpoint, prefix="unet", weight_name=LORA_FILE)
-        pipe.set_progress_bar_config(disable=True)
         self._policy = (round_id, pipe)
         return pipe
 
@@ -322,9 +321,7 @@ class Loop:
             ddpo = ddpo.replace(save_every=max(1, ddpo.num_epochs // 4))  # a crash costs at most a quarter
         labeller = parse_labeller(cfg.labeller)
         reward = JudgedReward(self.reward_model(round_id, cfg), labeller.persona.taste if labeller else None)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(cfg.pipeline, device=device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(cfg.pipeline, device=self.state.device)
         run = self.round_dir(round_id) / "ddpo"
         trainer = DDPOTrainer(pipe, reward, ddpo, run)
         resume, previous = latest_checkpoint(run), self.policy_checkpoint(round_id - 1)
