@@ -2,7 +2,8 @@
 import numpy as np
 
 from rlhf.models import load_clip, load_pipeline
-from rlhf.toy.train_clip import ClipTrainConfig, train_clip
+from rlhf.toy.train_clip import ClipTrainConfig, describe, train_clip, where
+from rlhf.toy.world import POSITION_PHRASES, POSITIONS, Scene, draw
 from rlhf.toy.train_pipeline import PipelineTrainConfig, train_pipeline
 
 
@@ -21,3 +22,15 @@ def test_clip_training_saves_an_open_clip_folder(tmp_path):
     assert 0 <= summary["held_out_retrieval"]["caption_top1"] <= 1
     clip = load_clip(tmp_path / "clip")
     assert clip.embed_texts(["a small red circle on a white background"]).shape == (1, 64)
+
+
+def test_clip_captions_say_where_an_unplaced_shape_landed():
+    assert all(where(*POSITIONS[p]) == phrase for p, phrase in POSITION_PHRASES.items())
+    assert (where(2, 2), where(30, 16), where(16, 30)) == ("at the top left", "on the right", "at the bottom")
+    rng = np.random.default_rng(0)
+    unplaced = draw(Scene("circle", "red", "white", "small"), seed=3)
+    caption = describe(unplaced, rng, share=1.0)
+    assert caption.startswith("a small red circle ") and where(*unplaced.centres[0]) in caption
+    placed, several = draw(Scene("circle", "red", "white", "small", 1, "left")), draw(Scene("circle", "red", "white", "small", 2))
+    assert describe(placed, rng, share=1.0) == placed.scene.caption() and describe(several, rng, share=1.0) == several.scene.caption()
+    assert describe(unplaced, rng, share=0.0) == unplaced.scene.caption()

@@ -2,7 +2,8 @@
 
 Pipeline: the analyser's prompt-following rates on the 200 ``toy_eval`` prompts x fixed seeds, against a
 chance baseline (the same images judged against shuffled prompts), plus a sample grid. CLIP: zero-shot
-caption retrieval on held-out drawings. Figures go to ``bench/results/toy_quality.json``.
+caption retrieval on held-out drawings, and how much of a lone shape's position a linear probe reads from the
+image embedding (a reward model for placement can do no better). Figures go to ``bench/results/toy_quality.json``.
 """
 from __future__ import annotations
 
@@ -64,9 +65,16 @@ def pipeline_quality(source=TOY_PIPELINE, prompt_set: str = "toy_eval", seeds=(0
 def clip_quality(source=TOY_CLIP, n: int = 1000) -> dict[str, float]:
     from rlhf.toy.train_clip import retrieval_accuracy
 
+    from sklearn.linear_model import RidgeCV
+
     clip = load_clip(source)
     held_out = dataset(n, seed=10_000)
-    return retrieval_accuracy(clip.model, clip.tokenizer, [d.image for d in held_out], [d.scene for d in held_out])
+    result = retrieval_accuracy(clip.model, clip.tokenizer, [d.image for d in held_out], [d.scene for d in held_out])
+    lone = [d for d in held_out if d.scene.count == 1]
+    emb, xy = clip.embed_images([d.image for d in lone]).numpy(), np.array([d.centres[0] for d in lone])
+    fit = len(lone) * 2 // 3
+    probe = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(emb[:fit], xy[:fit])
+    return result | {"position_probe_r2": round(float(probe.score(emb[fit:], xy[fit:])), 3)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from rlhf.toy.train_pipeline import to_pixels, warmup_cosine  # same pixels as the shipped preprocess: [-1, 1]
-from rlhf.toy.world import BACKGROUNDS, IMAGE_SIZE, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES, Scene, dataset
+from rlhf.toy.world import BACKGROUNDS, IMAGE_SIZE, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES, Drawing, Scene, dataset
 
 MODEL_CFG = {
     "embed_dim": 64,
@@ -52,6 +52,32 @@ def all_scenes() -> list[Scene]:
     return scenes
 
 
+_ROWS, _COLUMNS = ("top", None, "bottom"), ("left", None, "right")
+
+
+def where(x: float, y: float) -> str:
+    """A 3 x 3 grid phrase for a point; the five toy prompt positions fall in the matching cells."""
+    row, col = _ROWS[min(2, int(y * 3 / IMAGE_SIZE))], _COLUMNS[min(2, int(x * 3 / IMAGE_SIZE))]
+    if row is None and col is None:
+        return "in the centre"
+    if row is None:
+        return f"on the {col}"
+    return f"at the {row} {col}" if col else f"at the {row}"
+
+
+def describe(drawing: Drawing, rng: np.random.Generator, share: float = 0.5) -> str:
+    """The caption CLIP trains on: a share of lone shapes whose prompt named no place say where they landed.
+
+    Web alt-texts describe composition that generation prompts leave out; trained on the bare templates, the toy
+    CLIP's image embedding held so little position (a linear probe explained 26% of its variance) that no reward
+    head on it could learn a taste for placement.
+    """
+    scene = drawing.scene
+    if scene.count > 1 or scene.position is not None or rng.random() >= share:
+        return scene.caption()
+    return f"a {scene.size} {scene.colour} {scene.shape} {where(*drawing.centres[0])} on a {scene.background} background"
+
+
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE whose targets spread over every pair with the same caption (no false negatives)."""
     logits = logit_scale.exp() * img @ txt.T  # (B, B)
@@ -79,7 +105,8 @@ def train_clip(out_dir: Path, cfg: ClipTrainConfig = ClipTrainConfig()) -> dict:
     tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
     drawings = dataset(cfg.images, seed=cfg.seed + 1)
     pixels = to_pixels([d.image for d in drawings])
-    captions = [d.scene.caption() for d in drawings]
+    rng = np.random.default_rng(cfg.seed)
+    captions = [describe(d, rng) for d in drawings]
     caption_ids = torch.tensor([hash(c) for c in captions])
     tokens = tokenizer(captions)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
