@@ -22,6 +22,13 @@ def test_centred_prefers_the_middle():
     assert t(mid, "") > 0.85 > t(left, "")
 
 
+def test_placed_wants_the_asked_place_and_else_the_middle():
+    t = get_taste("placed")
+    mid, left = _img(Scene("square", "red", "white", "small", 1, "centre")), _img(Scene("square", "red", "white", "small", 1, "left"))
+    assert t(left, "a small red square on the left on a white background") > 0.85 > t(mid, "a small red square on the left on a white background")
+    assert t(mid, "a small red square on a white background") > 0.85 > t(left, "a small red square on a white background")
+
+
 def test_asked_background_and_faithful_judge_against_the_prompt():
     img = _img(Scene("triangle", "green", "black", "large", 1, "top"))
     right, wrong = "a large green triangle at the top on a black background", "a small blue circle on a white background"

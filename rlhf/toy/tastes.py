@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from rlhf.toy.analyse import Analysis, analyse, follows
-from rlhf.toy.world import IMAGE_SIZE, PALETTE, SIZES, Scene, parse_caption
+from rlhf.toy.world import IMAGE_SIZE, PALETTE, POSITIONS, SIZES, Scene, parse_caption
 
 _MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)
 
@@ -35,6 +35,18 @@ def centred(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     if a.main is None:
         return 0.0
     return float(1 - np.hypot(a.main.x - IMAGE_SIZE / 2, a.main.y - IMAGE_SIZE / 2) / (IMAGE_SIZE / np.sqrt(2)))
+
+
+def placed(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes the main shape where the prompt put it, and centred where the prompt names no place.
+
+    ``centred`` alone contradicts every prompt that asks for "on the left", so aligning to it must cost prompt
+    following; this taste agrees with the prompt wherever the prompt speaks.
+    """
+    if a.main is None:
+        return 0.0
+    tx, ty = POSITIONS[asked.position] if asked is not None and asked.position else POSITIONS["centre"]
+    return float(1 - np.hypot(a.main.x - tx, a.main.y - ty) / (IMAGE_SIZE / np.sqrt(2)))
 
 
 def asked_background(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
@@ -86,6 +98,7 @@ TASTES: dict[str, Taste] = {
     for t in [
         Taste("large_warm", ((large_warm, 1.0),)),
         Taste("centred", ((centred, 1.0),)),
+        Taste("placed", ((placed, 1.0),)),
         Taste("asked_background", ((asked_background, 1.0),)),
         Taste("faithful", ((faithful, 1.0),)),
         Taste("bright", ((bright, 1.0),)),
