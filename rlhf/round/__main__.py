@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlhf.paths import ROOT, RUNS
 
-DEMO_TASTE = "centred"
+DEMO_TASTE = "placed"
 DEMO_ROUNDS = 3
 
 

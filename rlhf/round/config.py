@@ -36,7 +36,7 @@ class RoundConfig:
     """prompt set (name in data/prompts or a .txt/.csv file) that is sampled, labelled and trained on"""
     images_per_prompt: int = 8
     """images drawn per prompt per round, with the same seeds every round (before/after pairs)"""
-    pairs_per_round: int = 240
+    pairs_per_round: int = 400
     """pairs queued per round, audit pairs included"""
     audit_pairs: int = 32
     """random pairs per round kept out of training: the reward model's unbiased held-out test"""
@@ -52,14 +52,15 @@ class RoundConfig:
 
     # DDPO
     ddpo_preset: str = "toy"
-    ddpo: dict[str, Any] = field(default_factory=lambda: {"save_every": 4})
-    """overrides of the DDPO preset (any rlhf.ddpo.config.DDPOConfig field), e.g. {num_epochs = 30}"""
+    ddpo: dict[str, Any] = field(default_factory=lambda: {"num_epochs": 10, "kl_coef": 0.03, "save_every": 5})
+    """overrides of the DDPO preset (any rlhf.ddpo.config.DDPOConfig field), e.g. {num_epochs = 30}; the KL to the
+    base model is the guard that keeps later rounds from drifting off the prompts (measured in the README)"""
 
     # evaluation
     eval_prompts: str = "toy_eval"
     eval_prompt_count: int = 32
     """the first N prompts of eval_prompts (0: all)"""
-    eval_seeds: int = 6
+    eval_seeds: int = 8
     """fixed seeds per eval prompt, also used on the training prompts (held-out seeds)"""
     aesthetic_weights: str | None = None
     """LAION aesthetic predictor weights (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14), judged at eval if given"""
