@@ -274,11 +274,12 @@ class Loop:
         labels are still worth collecting."""
         text = cache.texts(prompts)
         fa, fb = spec(cache.images(a), text), spec(cache.images(b), text)
-        n_train = len(targets) * (min(config.n_splits, len(set(prompts))) - 1) // min(config.n_splits, len(set(prompts)))
+        folds = min(config.n_splits, len(set(prompts)))
+        n_train = len(targets) * (folds - 1) // folds
         sizes = sorted({max(MIN_LABELS, n_train * k // 4) for k in (1, 2, 3, 4)})
         one_head = replace(config, k=1)
         curve = learning_curve(fa, fb, targets, prompts, lambda x, y, t: fit_ensemble(x, y, t, one_head).mean, sizes,
-                               n_splits=min(config.n_splits, len(set(prompts))))
+                               n_splits=folds)
         return [{"labels": point["labels"], "accuracy": point["accuracy"]} for point in curve]
 
     def _reward(self, round_id: int, cfg: RoundConfig) -> str:

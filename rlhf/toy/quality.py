@@ -63,9 +63,9 @@ def pipeline_quality(source=TOY_PIPELINE, prompt_set: str = "toy_eval", seeds=(0
 
 
 def clip_quality(source=TOY_CLIP, n: int = 1000) -> dict[str, float]:
-    from rlhf.toy.train_clip import retrieval_accuracy
-
     from sklearn.linear_model import RidgeCV
+
+    from rlhf.toy.train_clip import retrieval_accuracy
 
     clip = load_clip(source)
     held_out = dataset(n, seed=10_000)

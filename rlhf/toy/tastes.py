@@ -30,11 +30,16 @@ def large_warm(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     return 0.5 * min(1.0, area / SIZES["large"] ** 2) + 0.5 * _warmth(a.main.rgb)
 
 
-def centred(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
-    """Likes centred compositions: 1 when the main shape sits in the middle, 0 in a corner or when absent."""
+def _closeness(a: Analysis, x: float, y: float) -> float:
+    """1 when the main shape's centroid sits on (x, y), falling linearly to 0 a half-diagonal away or when absent."""
     if a.main is None:
         return 0.0
-    return float(1 - np.hypot(a.main.x - IMAGE_SIZE / 2, a.main.y - IMAGE_SIZE / 2) / (IMAGE_SIZE / np.sqrt(2)))
+    return float(1 - np.hypot(a.main.x - x, a.main.y - y) / (IMAGE_SIZE / np.sqrt(2)))
+
+
+def centred(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes centred compositions: 1 when the main shape sits in the middle, 0 in a corner or when absent."""
+    return _closeness(a, IMAGE_SIZE / 2, IMAGE_SIZE / 2)
 
 
 def placed(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
@@ -43,10 +48,7 @@ def placed(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     ``centred`` alone contradicts every prompt that asks for "on the left", so aligning to it must cost prompt
     following; this taste agrees with the prompt wherever the prompt speaks.
     """
-    if a.main is None:
-        return 0.0
-    tx, ty = POSITIONS[asked.position] if asked is not None and asked.position else POSITIONS["centre"]
-    return float(1 - np.hypot(a.main.x - tx, a.main.y - ty) / (IMAGE_SIZE / np.sqrt(2)))
+    return _closeness(a, *POSITIONS[asked.position if asked is not None and asked.position else "centre"])
 
 
 def asked_background(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from rlhf.toy.train_pipeline import to_pixels, warmup_cosine  # same pixels as the shipped preprocess: [-1, 1]
-from rlhf.toy.world import BACKGROUNDS, IMAGE_SIZE, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES, Drawing, Scene, dataset
+from rlhf.toy.world import (BACKGROUNDS, IMAGE_SIZE, POSITION_PHRASES, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES, Drawing,
+                            Scene, dataset)
 
 MODEL_CFG = {
     "embed_dim": 64,
@@ -58,11 +59,7 @@ _ROWS, _COLUMNS = ("top", None, "bottom"), ("left", None, "right")
 def where(x: float, y: float) -> str:
     """A 3 x 3 grid phrase for a point; the five toy prompt positions fall in the matching cells."""
     row, col = _ROWS[min(2, int(y * 3 / IMAGE_SIZE))], _COLUMNS[min(2, int(x * 3 / IMAGE_SIZE))]
-    if row is None and col is None:
-        return "in the centre"
-    if row is None:
-        return f"on the {col}"
-    return f"at the {row} {col}" if col else f"at the {row}"
+    return f"at the {row} {col}" if row and col else POSITION_PHRASES[row or col or "centre"]
 
 
 def describe(drawing: Drawing, rng: np.random.Generator, share: float = 0.5) -> str:
@@ -75,7 +72,7 @@ def describe(drawing: Drawing, rng: np.random.Generator, share: float = 0.5) -> 
     scene = drawing.scene
     if scene.count > 1 or scene.position is not None or rng.random() >= share:
         return scene.caption()
-    return f"a {scene.size} {scene.colour} {scene.shape} {where(*drawing.centres[0])} on a {scene.background} background"
+    return scene.caption(place=where(*drawing.centres[0]))
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor) -> torch.Tensor:

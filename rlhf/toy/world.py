@@ -56,10 +56,12 @@ class Scene:
     count: int = 1
     position: str | None = None
 
-    def caption(self) -> str:
+    def caption(self, place: str | None = None) -> str:
+        """The template caption; ``place`` (e.g. "at the top left") describes a lone shape's spot in its stead."""
         if self.count > 1:
             return f"{COUNT_WORDS[self.count]} {self.colour} {self.shape}s on a {self.background} background"
-        where = f" {POSITION_PHRASES[self.position]}" if self.position else ""
+        place = place or (POSITION_PHRASES[self.position] if self.position else None)
+        where = f" {place}" if place else ""
         return f"a {self.size} {self.colour} {self.shape}{where} on a {self.background} background"
 
 
