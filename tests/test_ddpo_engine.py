@@ -133,7 +133,9 @@ def test_each_epoch_logs_scalars_and_a_grid_to_tensorboard(tmp_path):
 def test_toy_preset_raises_the_centred_taste_on_held_out_seeds(tmp_path):
     """bench/ddpo_toy_sweep.py's winning setting, as shipped: 12 epochs of 64 trajectories raise the `centred`
     taste on 256 held-out samples from 0.640 to 0.675 (the other settings moved it by less than 0.007 or
-    collapsed). The margin asked here is 0.02."""
+    collapsed). The margin asked here is 0.02. It holds at the shipped seed (42) only: seeds 1, 2, 3 gained
+    +0.005, +0.016, +0.001 (bench/results/ddpo_toy_sweep.json), so this pins the engine's arithmetic rather
+    than proving a typical gain."""
     from rlhf.prompts import load_prompts
 
     prompts = [p.text for p in load_prompts("toy_train")]
