@@ -1,14 +1,16 @@
-"""How much signal is in one DDPO epoch's gradient, and at which denoising steps?
+"""How much signal is in one DDPO epoch's gradient, at which denoising steps is its noise, and how much of
+that noise the predicted-x_0 state baseline (``x0_baseline``) removes?
 
     python bench/ddpo_variance.py [--estimates 16] [--rewards taste:placed,jpeg_incompressibility]
 
 At the base model (toy preset: LoRA r4, 8 prompts x 8 trajectories x 10 steps an epoch), ``--estimates``
 independent epochs of trajectories each give the policy gradient (DDPO-IS at ratio 1, per-prompt advantages
-from a fresh tracker), one part per denoising step. From N independent estimates g_i of the true gradient mu:
+from a fresh tracker) twice on the same trajectories: with the reference's advantages ("plain") and less the
+state baseline ("x0"), one part per denoising step. From N independent estimates g_i of the true gradient mu:
 |mu|^2 = (|sum g_i|^2 - sum |g_i|^2) / (N (N - 1)) (unbiased) and the noise of one estimate
 s^2 = sum |g_i - mean g|^2 / (N - 1), so SNR = |mu|^2 / s^2 per epoch of 64 trajectories; averaging k epochs
-multiplies it by k, and the expected cosine between two independent estimates is SNR / (1 + SNR). "Steps
-balanced" divides each step's part by its noise norm before summing, so that no one step dominates the sum.
+multiplies it by k. The SNR's standard error is a jackknife over the N estimates: |mu|^2 is small next to s^2,
+so it needs many estimates to be resolved, while s^2 is resolved by a few.
 Writes bench/results/ddpo_variance.json.
 """
 from __future__ import annotations
@@ -28,13 +30,12 @@ from rlhf.ddpo.trainer import DDPOTrainer
 from rlhf.models import load_pipeline
 from rlhf.prompts import load_prompts
 
+VARIANTS = ("plain", "x0")
 
-def step_gradients(trainer: DDPOTrainer) -> torch.Tensor:
-    """One epoch's policy gradient at the current weights, split by denoising step: (T, n_params)."""
+
+def step_gradients(trainer: DDPOTrainer, traj, adv: torch.Tensor) -> torch.Tensor:
+    """The policy gradient of ``traj`` with advantages ``adv`` (N, T), split by denoising step: (T, n_params)."""
     cfg = trainer.cfg
-    trainer.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)  # estimates stay independent
-    traj, rewards, _ = trainer.sample()
-    adv = torch.as_tensor(trainer.advantages(traj.prompts, rewards)[0], dtype=torch.float32)
     trainer.unet.train()
     grads = []
     for step in range(len(traj.timesteps)):
@@ -47,12 +48,32 @@ def step_gradients(trainer: DDPOTrainer) -> torch.Tensor:
     return torch.stack(grads)
 
 
-def snr(g: torch.Tensor) -> dict:
-    """Signal and noise of N independent estimates g (N, D) of one gradient."""
+def epoch_gradients(trainer: DDPOTrainer) -> dict[str, torch.Tensor]:
+    """One fresh epoch of trajectories at the current weights, its gradient per step for each variant."""
+    traj, rewards, values, _ = trainer.sample()
+    out = {}
+    for variant in VARIANTS:
+        trainer.stats = PerPromptStatTracker(trainer.cfg.stat_buffer_size, trainer.cfg.stat_min_count)  # independent
+        adv = torch.as_tensor(trainer.advantages(traj.prompts, rewards, values if variant == "x0" else None)[0],
+                              dtype=torch.float32)
+        out[variant] = step_gradients(trainer, traj, adv if adv.ndim == 2 else adv[:, None].expand(-1, len(traj.timesteps)))
+    return out
+
+
+def signal_sq(g: torch.Tensor) -> float:
     n = len(g)
-    signal = float((g.sum(0).square().sum() - g.square().sum()) / (n * (n - 1)))
-    noise = float((g - g.mean(0)).square().sum() / (n - 1))
-    return {"signal_sq": signal, "noise_sq": noise, "snr_per_epoch": round(signal / noise, 4)}
+    return float((g.sum(0).square().sum() - g.square().sum()) / (n * (n - 1)))
+
+
+def snr(g: torch.Tensor) -> dict:
+    """Signal and noise of N independent estimates g (N, D) of one gradient, with the SNR's jackknife error."""
+    g = g.double()
+    n = len(g)
+    signal, noise = signal_sq(g), float((g - g.mean(0)).square().sum() / (n - 1))
+    jack = torch.tensor([signal_sq(torch.cat([g[:i], g[i + 1:]])) for i in range(n)])
+    se = float(((n - 1) / n * (jack - jack.mean()).square().sum()).sqrt())
+    return {"signal_sq": signal, "signal_sq_se": se, "noise_sq": noise, "snr_per_epoch": round(signal / noise, 4),
+            "snr_se": round(se / noise, 4)}
 
 
 def main() -> None:
@@ -64,24 +85,22 @@ def main() -> None:
     prompts = [p.text for p in load_prompts("toy_train")]
     results, start = {}, time.perf_counter()
     for reward_name in args.rewards.split(","):
-        cfg = PRESETS["toy"].replace(prompts=prompts, seed=1)
+        cfg = PRESETS["toy"].replace(prompts=prompts, seed=1, x0_baseline=True)
         with tempfile.TemporaryDirectory() as run_dir:
             trainer = DDPOTrainer(load_pipeline(), make_reward(reward_name), cfg, run_dir)
-            g = torch.stack([step_gradients(trainer) for _ in range(args.estimates)])  # (N, T, D)
-        whole = snr(g.sum(1))
-        per_step = [snr(g[:, t]) for t in range(g.shape[1])]
-        balanced = snr((g / torch.tensor([s["noise_sq"] for s in per_step]).sqrt()[:, None]).sum(1))
-        results[reward_name] = whole | {
-            "epochs_for_cosine_0.5": round(1 / whole["snr_per_epoch"], 1) if whole["snr_per_epoch"] > 0 else None,
-            "snr_per_epoch_steps_balanced": balanced["snr_per_epoch"],
-            "per_step_snr_first_to_last": [s["snr_per_epoch"] for s in per_step],
-            "per_step_share_of_signal": [round(s["signal_sq"] / sum(max(x["signal_sq"], 0) for x in per_step), 3)
-                                         for s in per_step],
-            "per_step_share_of_noise": [round(s["noise_sq"] / sum(x["noise_sq"] for x in per_step), 3) for s in per_step],
-        }
+            estimates = [epoch_gradients(trainer) for _ in range(args.estimates)]
+        results[reward_name] = {}
+        for variant in VARIANTS:
+            g = torch.stack([e[variant] for e in estimates])  # (N, T, D)
+            per_step_noise = [snr(g[:, t])["noise_sq"] for t in range(g.shape[1])]
+            results[reward_name][variant] = snr(g.sum(1)) | {
+                "per_step_share_of_noise": [round(s / sum(per_step_noise), 3) for s in per_step_noise]}
+        plain, x0 = results[reward_name]["plain"], results[reward_name]["x0"]
+        results[reward_name]["noise_ratio_plain_over_x0"] = round(plain["noise_sq"] / x0["noise_sq"], 2)
         print(reward_name, json.dumps(results[reward_name]), flush=True)
     args.out.write_text(json.dumps({
-        "what": "signal-to-noise of one toy-preset DDPO epoch's gradient at the base model; see bench/ddpo_variance.py",
+        "what": "signal-to-noise of one toy-preset DDPO epoch's gradient at the base model, with and without the "
+                "predicted-x_0 state baseline on the same trajectories; see bench/ddpo_variance.py",
         "estimates": args.estimates, "seconds": round(time.perf_counter() - start, 1), "results": results}, indent=2) + "\n")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages
+from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages, state_baseline
 
 
 def test_each_prompt_normalised_to_mean_zero_std_one():
@@ -83,3 +83,28 @@ def test_clip_advantages_clamps_numpy_and_torch():
 def test_clip_advantages_non_positive_limit_raises_value_error():
     with pytest.raises(ValueError, match=r"limit=0"):
         clip_advantages(np.zeros(2), 0)
+
+
+def test_state_baseline_against_a_hand_computation():
+    rewards = np.array([1.0, 3.0, 10.0, 14.0])  # groups a, a, b, b: centred -1, 1, -2, 2
+    values = np.array([[0.0, 5.0], [1.0, 5.0], [0.0, 7.0], [4.0, 7.0]])  # step 0 centred -0.5, 0.5, -2, 2; step 1 constant
+    baseline, removed = state_baseline(rewards, values, ["a", "a", "b", "b"])
+    beta = (0.5 + 0.5 + 4 + 4) / (0.25 + 0.25 + 4 + 4)  # sum(r v) / sum(v v)
+    np.testing.assert_allclose(baseline[:, 0], beta * np.array([-0.5, 0.5, -2.0, 2.0]))
+    np.testing.assert_allclose(baseline[:, 1], 0.0)  # a step whose values do not vary within a group does nothing
+    residual = np.array([-1.0, 1.0, -2.0, 2.0]) - baseline[:, 0]
+    assert removed[0] == pytest.approx(1 - (residual**2).sum() / 10.0) and removed[1] == pytest.approx(0.0)
+
+
+def test_state_baseline_that_predicts_the_reward_leaves_zero_advantage_and_never_adds_variance():
+    rng = np.random.default_rng(0)
+    prompts = ["a", "b"] * 16
+    rewards = rng.normal(size=32) + np.where(np.array(prompts) == "a", 5.0, -5.0)
+    values = np.stack([rng.normal(size=32), 2 * rewards + 3, rewards + rng.normal(size=32) * 0.1], axis=1)  # (N, 3)
+    baseline, removed = state_baseline(rewards, values, prompts)
+    advantages = PerPromptStatTracker(buffer_size=16, min_count=16).update(prompts, rewards, baseline)
+    assert advantages.shape == (32, 3)
+    np.testing.assert_allclose(advantages[:, 1], 0.0, atol=1e-9)  # exact (affine) prediction: nothing left
+    assert removed[1] == pytest.approx(1.0) and 0 <= removed[0] < removed[2] < 1
+    plain = PerPromptStatTracker(buffer_size=16, min_count=16).update(prompts, rewards)
+    assert (advantages[:, 2] ** 2).mean() < 0.1 * (plain**2).mean() and (advantages[:, 0] ** 2).mean() <= (plain**2).mean()

@@ -8,7 +8,8 @@ from diffusers import StableDiffusionPipeline
 
 from rlhf.ddpo.config import PRESETS
 from rlhf.ddpo.rewards import NonFiniteReward, TasteReward
-from rlhf.ddpo.sampling import sample_trajectories
+from rlhf.ddpo.logprob import ddim_step
+from rlhf.ddpo.sampling import decode, guided_noise, sample_trajectories
 from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer, latest_checkpoint
 from rlhf.models import load_pipeline
 from rlhf.paths import TOY_PIPELINE
@@ -34,12 +35,28 @@ def test_trajectories_record_every_step_and_decode_the_last_latent():
     assert torch.equal(traj.latents, again.latents)
 
 
+def test_x0_values_score_the_prediction_made_from_each_steps_input(tmp_path):
+    """The baseline of step x_t -> x_{t-1} must come from x_t alone; one from x_{t-1} would bias the gradient."""
+    reward = TasteReward("red")
+    trainer = DDPOTrainer(load_pipeline(), reward, tiny_config(num_steps=3, x0_baseline=True), tmp_path)
+    traj, rewards, values, _ = trainer.sample()
+    assert values.shape == (len(traj), 3) and traj.x0_images is None
+    with torch.no_grad():
+        for j, t in enumerate(traj.timesteps):
+            x = traj.latents[:, j]
+            eps = guided_noise(trainer.unet, x, t, traj.prompt_embeds, traj.negative_embeds, trainer.cfg.guidance_scale)
+            step = ddim_step(trainer.scheduler, eps, t, x, 1.0, prev_sample=traj.latents[:, j + 1])
+            np.testing.assert_allclose(values[:, j], reward(decode(trainer.pipe, step.x0_pred), traj.prompts, [])[0], atol=1e-6)
+    adv, info = trainer.advantages(traj.prompts, rewards, values)
+    assert adv.shape == (len(traj), 3) and 0 <= info["baseline/variance_removed"] <= 1
+
+
 @pytest.mark.parametrize("per_forward", [1, 3])
 def test_replaying_stored_steps_gives_ratio_one_whatever_the_batch_shape(tmp_path, per_forward):
     trainer = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(num_steps=3), tmp_path)
-    traj, _, _ = trainer.sample()
+    traj, _, _, _ = trainer.sample()
     tidx = torch.arange(3).repeat(len(traj), 1)[:, :per_forward]
-    _, info = trainer._chunk_loss(traj, torch.ones(len(traj)), tidx)
+    _, info = trainer._chunk_loss(traj, torch.ones(len(traj), 3), tidx)
     assert info["ppo/approx_kl"] < 1e-10 and info["ppo/clipfrac"] == 0.0
 
 

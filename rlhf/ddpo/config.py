@@ -43,6 +43,9 @@ class DDPOConfig:
     """share of each trajectory's (shuffled) timesteps that is trained"""
     timesteps_per_forward: int = 1
     """timesteps stacked into one UNet forward during training (the reference: 1); same gradient, better batch shape"""
+    x0_baseline: bool = False
+    """subtract from each step's advantage a fitted multiple of the reward of that step's predicted x_0, an unbiased
+    state baseline (not in the reference; see advantages.state_baseline); costs a VAE decode and reward per step"""
     kl_coef: float = 0.0
     """weight of the per-step KL to the base model (not in the reference); guards against over-optimisation"""
 
@@ -81,6 +84,8 @@ class DDPOConfig:
             problems.append("samples per epoch must be a multiple of train_batch_size")
         if self.sample_batch_size % self.samples_per_prompt:
             problems.append(f"sample_batch_size={self.sample_batch_size} is not a multiple of samples_per_prompt={self.samples_per_prompt}")
+        if self.x0_baseline and self.per_prompt_stat_tracking and self.samples_per_prompt < 2:
+            problems.append("x0_baseline centres predicted-x_0 rewards over each prompt's own samples; set samples_per_prompt >= 2")
         if not self.prompts:
             problems.append("no prompts; pass a prompt set such as toy_train")
         if problems:

@@ -22,13 +22,15 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 class DDIMStep:
     """One step x_t -> x_{t-1} ~ N(mean, std^2 I).
 
-    `mean` and `std` are kept so that a KL penalty to a reference model (`gaussian_kl`) can reuse them.
+    `mean` and `std` are kept so that a KL penalty to a reference model (`gaussian_kl`) can reuse them, and
+    `x0_pred` so that the reward of the step's predicted image can serve as a baseline (`state_baseline`).
     """
 
     prev_sample: torch.Tensor  # (B, C, H, W) x_{t-1}, in the dtype of `sample`
     log_prob: torch.Tensor  # (B,) log N(x_{t-1}; mean, std^2 I) averaged over C, H, W
     mean: torch.Tensor  # (B, C, H, W) mu_theta(x_t, t, c), at least float32
     std: torch.Tensor  # (B or 1, 1, 1, 1) sigma_t(eta), at least float32
+    x0_pred: torch.Tensor  # (B, C, H, W) the model's prediction of x_0 from x_t (DDIM Eq. 12), at least float32
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -136,7 +138,8 @@ def ddim_step(
     # weights gives the same log-prob and an importance ratio of exactly 1.
     x_prev = prev_sample.detach().to(dtype)  # (B, C, H, W)
     log_density = -((x_prev - mean) ** 2) / (2 * sigma_t**2) - torch.log(sigma_t) - _LOG_SQRT_2PI  # (B, C, H, W)
-    return DDIMStep(prev_sample=prev_sample, log_prob=_mean_over_non_batch(log_density), mean=mean, std=sigma_t)
+    return DDIMStep(prev_sample=prev_sample, log_prob=_mean_over_non_batch(log_density), mean=mean, std=sigma_t,
+                    x0_pred=x0_pred)
 
 
 def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:

@@ -25,6 +25,7 @@ class Trajectories:
     log_probs: torch.Tensor  # (B, T): log pi(x_{t-1} | x_t), averaged over latent dimensions
     timesteps: torch.Tensor  # (T,)
     images: np.ndarray  # (B, H, W, 3) uint8
+    x0_images: np.ndarray | None = None  # (B, T, H, W, 3) uint8: each step's predicted x_0, decoded, if asked for
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -39,12 +40,14 @@ class Trajectories:
             torch.cat([t.log_probs for t in parts]),
             parts[0].timesteps,
             np.concatenate([t.images for t in parts]),
+            None if parts[0].x0_images is None else np.concatenate([t.x0_images for t in parts]),
         )
 
     def select(self, idx: torch.Tensor) -> "Trajectories":
         return Trajectories(
             [self.prompts[i] for i in idx.tolist()], self.prompt_embeds[idx], self.negative_embeds[idx], self.latents[idx],
             self.log_probs[idx], self.timesteps, self.images[idx.numpy()],
+            None if self.x0_images is None else self.x0_images[idx.numpy()],
         )
 
 
@@ -78,11 +81,12 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
 
 def sample_trajectories(pipe, unet, prompts: list[str], *, num_steps: int, eta: float, guidance_scale: float,
                         generator: torch.Generator | list[torch.Generator] | None = None,
-                        progress: bool = False) -> Trajectories:
+                        progress: bool = False, decode_x0: bool = False) -> Trajectories:
     """Run the stochastic DDIM policy on ``prompts`` and record the trajectory (under inference mode).
 
     ``unet`` is passed separately so that a wrapped (LoRA / DDP) UNet samples as the current policy. A list
     of generators, one per prompt, makes each image depend only on its own seed, not on its batch.
+    ``decode_x0`` also decodes every step's predicted x_0, whose reward `state_baseline` turns into a baseline.
     """
     device = pipe.vae.device
     scheduler = make_scheduler(pipe, num_steps)
@@ -91,15 +95,17 @@ def sample_trajectories(pipe, unet, prompts: list[str], *, num_steps: int, eta: 
         c, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
         x = randn_tensor((len(prompts), c, size, size), generator=generator, device=device, dtype=embeds.dtype)
         x = x * scheduler.init_noise_sigma
-        latents, log_probs = [x], []
+        latents, log_probs, x0_images = [x], [], []
         for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
             eps = guided_noise(unet, x, t.to(device), embeds, neg, guidance_scale)  # DDIM: no input scaling
             step = ddim_step(scheduler, eps, t, x, eta, generator=generator)
             x = step.prev_sample.to(embeds.dtype)
             latents.append(x)
             log_probs.append(step.log_prob)
+            if decode_x0:
+                x0_images.append(decode(pipe, step.x0_pred))
         images = decode(pipe, x)
     return Trajectories(
         list(prompts), embeds.clone(), neg.clone(), torch.stack(latents, dim=1).clone(), torch.stack(log_probs, dim=1).clone(),
-        scheduler.timesteps.clone(), images,
+        scheduler.timesteps.clone(), images, np.stack(x0_images, axis=1) if decode_x0 else None,
     )

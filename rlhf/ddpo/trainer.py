@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages
+from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages, state_baseline
 from rlhf.ddpo.config import DDPOConfig
 from rlhf.ddpo.logprob import ddim_step, gaussian_kl
 from rlhf.ddpo.loss import policy_loss, score_function_loss
@@ -116,38 +116,58 @@ class DDPOTrainer:
         chosen = self.rng.choice(len(prompts), size=self.cfg.sample_batch_size // k)
         return [prompts[i] for i in chosen for _ in range(k)]
 
-    def sample(self) -> tuple[Trajectories, np.ndarray, dict]:
-        """Sample the epoch's trajectories; each batch's rewards are computed in a worker thread while the
-        next batch samples."""
+    def sample(self) -> tuple[Trajectories, np.ndarray, np.ndarray | None, dict]:
+        """Sample the epoch's trajectories and score them (rewards (N,), and with ``x0_baseline`` the rewards of
+        every step's predicted x_0 (N, T)); each batch is scored in a worker thread while the next one samples."""
+        cfg = self.cfg
         self.unet.eval()
-        batches, futures = [], []
-        for _ in range(self.cfg.num_batches_per_epoch):
+        batches, futures, x0_futures = [], [], []
+        for _ in range(cfg.num_batches_per_epoch):
             prompts = self._batch_prompts()
-            traj = sample_trajectories(self.pipe, self.unet, prompts, num_steps=self.cfg.num_steps, eta=self.cfg.eta,
-                                       guidance_scale=self.cfg.guidance_scale, generator=self.generator)
+            traj = sample_trajectories(self.pipe, self.unet, prompts, num_steps=cfg.num_steps, eta=cfg.eta,
+                                       guidance_scale=cfg.guidance_scale, generator=self.generator, decode_x0=cfg.x0_baseline)
             futures.append(self._executor.submit(self.reward, traj.images, prompts, [{"epoch": self.epoch}] * len(prompts)))
+            if cfg.x0_baseline:
+                x0_prompts = [p for p in prompts for _ in range(cfg.num_steps)]
+                x0_futures.append(self._executor.submit(self.reward, traj.x0_images.reshape(-1, *traj.images.shape[1:]),
+                                                        x0_prompts, [{"epoch": self.epoch, "x0": True}] * len(x0_prompts)))
+                traj.x0_images = None  # scored in the worker; training needs only the latents
             batches.append(traj)
         traj = Trajectories.cat(batches)
         results = [f.result() for f in futures]
         rewards = check_finite(np.concatenate([r for r, _ in results]).astype(np.float64), traj.prompts, self.reward.name)
-        return traj, rewards, {k: v for _, info in results for k, v in info.items()}
+        values = None
+        if x0_futures:
+            values = np.concatenate([np.asarray(f.result()[0], np.float64) for f in x0_futures])  # (N * T,)
+            values = check_finite(values, [p for p in traj.prompts for _ in range(cfg.num_steps)], self.reward.name)
+            values = values.reshape(len(traj), cfg.num_steps)  # (N, T)
+        return traj, rewards, values, {k: v for _, info in results for k, v in info.items()}
 
-    def advantages(self, prompts: list[str], rewards: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Rewards normalised per prompt (kvablack/ddpo-pytorch's stat tracker), with statistics from every process."""
+    def advantages(self, prompts: list[str], rewards: np.ndarray, values: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """Rewards normalised per prompt (kvablack/ddpo-pytorch's stat tracker), less the state baseline when
+        ``values`` (N, T) are given, with statistics from every process: (N,) or, with values, (N, T)."""
         acc = self.accelerator
         index = torch.tensor([self.cfg.prompts.index(p) for p in prompts], device=acc.device)
         all_rewards = acc.gather(torch.as_tensor(rewards, device=acc.device)).cpu().numpy()
         all_prompts = [self.cfg.prompts[i] for i in acc.gather(index).cpu().tolist()]
-        if self.cfg.per_prompt_stat_tracking:
-            adv = self.stats.update(all_prompts, all_rewards)
-        else:
-            adv = (all_rewards - all_rewards.mean()) / (all_rewards.std() + 1e-6)
-        mine = adv.reshape(acc.num_processes, -1)[acc.process_index]
         info = {"reward/mean": float(all_rewards.mean()), "reward/std": float(all_rewards.std()), "reward/count": len(all_rewards)}
+        baseline = None
+        if values is not None:
+            all_values = acc.gather(torch.as_tensor(values, device=acc.device)).cpu().numpy()  # (N, T)
+            groups = all_prompts if self.cfg.per_prompt_stat_tracking else [0] * len(all_prompts)
+            baseline, removed = state_baseline(all_rewards, all_values, groups)
+            info["baseline/variance_removed"] = float(removed.mean())
+        if self.cfg.per_prompt_stat_tracking:
+            adv = self.stats.update(all_prompts, all_rewards, baseline)
+        else:
+            centred = all_rewards - all_rewards.mean()
+            adv = (centred if baseline is None else centred[:, None] - baseline) / (all_rewards.std() + 1e-6)
+        mine = adv.reshape(acc.num_processes, -1, *adv.shape[1:])[acc.process_index]
         return clip_advantages(mine, self.cfg.adv_clip_max), info
 
     def _chunk_loss(self, traj: Trajectories, adv: torch.Tensor, tidx: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Policy loss of ``traj`` at its own timestep indices ``tidx`` (b, k), stacked into one forward."""
+        """Policy loss of ``traj`` with advantages ``adv`` (b, T) at its own timestep indices ``tidx`` (b, k),
+        stacked into one forward."""
         b, k = tidx.shape
         rows = torch.arange(b)[:, None]
         x = traj.latents[rows, tidx].flatten(0, 1)  # (b*k, C, h, w)
@@ -156,7 +176,7 @@ class DDPOTrainer:
         embeds = traj.prompt_embeds.repeat_interleave(k, 0)  # (b*k, L, D)
         negative = traj.negative_embeds.repeat_interleave(k, 0)
         old_log_prob = traj.log_probs[rows, tidx].flatten()  # (b*k,)
-        a = adv.repeat_interleave(k)  # (b*k,)
+        a = adv[rows, tidx].flatten()  # (b*k,)
         with self.accelerator.autocast():
             eps = guided_noise(self.unet, x, t, embeds, negative, self.cfg.guidance_scale)
         step = ddim_step(self.scheduler, eps, t, x, self.cfg.eta, prev_sample=x_next)
@@ -176,11 +196,13 @@ class DDPOTrainer:
 
     def update(self, traj: Trajectories, advantages: np.ndarray) -> dict:
         """Inner epochs over the samples: each sample trains on its own shuffled ``timestep_fraction`` of
-        steps; gradients accumulate over those timesteps and ``gradient_accumulation_steps`` micro-batches."""
+        steps; gradients accumulate over those timesteps and ``gradient_accumulation_steps`` micro-batches.
+        ``advantages`` are one per sample (N,) or one per sample and step (N, T)."""
         cfg, acc = self.cfg, self.accelerator
         n, steps = len(traj), len(traj.timesteps)
         n_train = max(1, int(steps * cfg.timestep_fraction))
         adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)
+        adv = adv[:, None].expand(n, steps) if adv.ndim == 1 else adv  # (N, T)
         per_forward = cfg.timesteps_per_forward
         chunks = [range(j, min(j + per_forward, n_train)) for j in range(0, n_train, per_forward)]  # same every micro-batch
         self.unet.train()
@@ -209,9 +231,9 @@ class DDPOTrainer:
     def train_epoch(self) -> dict:
         """One epoch as named phases: sample, score, advantages, update; then log and maybe checkpoint."""
         t0 = time.perf_counter()
-        traj, rewards, reward_info = self.sample()
+        traj, rewards, values, reward_info = self.sample()
         t1 = time.perf_counter()
-        adv, adv_info = self.advantages(traj.prompts, rewards)
+        adv, adv_info = self.advantages(traj.prompts, rewards, values)
         metrics = self.update(traj, adv)
         crashpoint("ddpo_epoch")
         self.epoch += 1

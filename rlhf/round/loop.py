@@ -83,7 +83,7 @@ class JudgedReward:
 
     def __call__(self, images, prompts, metadata):
         rewards, info = self.reward(images, prompts, metadata)
-        if self.taste is not None:
+        if self.taste is not None and not (metadata and metadata[0].get("x0")):  # not the baseline's predicted images
             info = info | {"judge/hidden": float(evaluate.TASTES[self.taste].score(list(images), prompts).mean())}
         return rewards, info
 
