@@ -54,9 +54,8 @@ def epoch_gradients(trainer: DDPOTrainer) -> dict[str, torch.Tensor]:
     out = {}
     for variant in VARIANTS:
         trainer.stats = PerPromptStatTracker(trainer.cfg.stat_buffer_size, trainer.cfg.stat_min_count)  # independent
-        adv = torch.as_tensor(trainer.advantages(traj.prompts, rewards, values if variant == "x0" else None)[0],
-                              dtype=torch.float32)
-        out[variant] = step_gradients(trainer, traj, adv if adv.ndim == 2 else adv[:, None].expand(-1, len(traj.timesteps)))
+        adv = trainer.advantages(traj.prompts, rewards, values if variant == "x0" else None)[0]  # (N, T)
+        out[variant] = step_gradients(trainer, traj, torch.as_tensor(adv, dtype=torch.float32))
     return out
 
 
@@ -65,11 +64,15 @@ def signal_sq(g: torch.Tensor) -> float:
     return float((g.sum(0).square().sum() - g.square().sum()) / (n * (n - 1)))
 
 
+def noise_sq(g: torch.Tensor) -> float:
+    return float((g - g.mean(0)).square().sum() / (len(g) - 1))
+
+
 def snr(g: torch.Tensor) -> dict:
     """Signal and noise of N independent estimates g (N, D) of one gradient, with the SNR's jackknife error."""
     g = g.double()
     n = len(g)
-    signal, noise = signal_sq(g), float((g - g.mean(0)).square().sum() / (n - 1))
+    signal, noise = signal_sq(g), noise_sq(g)
     jack = torch.tensor([signal_sq(torch.cat([g[:i], g[i + 1:]])) for i in range(n)])
     se = float(((n - 1) / n * (jack - jack.mean()).square().sum()).sqrt())
     return {"signal_sq": signal, "signal_sq_se": se, "noise_sq": noise, "snr_per_epoch": round(signal / noise, 4),
@@ -92,7 +95,7 @@ def main() -> None:
         results[reward_name] = {}
         for variant in VARIANTS:
             g = torch.stack([e[variant] for e in estimates])  # (N, T, D)
-            per_step_noise = [snr(g[:, t])["noise_sq"] for t in range(g.shape[1])]
+            per_step_noise = [noise_sq(g[:, t].double()) for t in range(g.shape[1])]
             results[reward_name][variant] = snr(g.sum(1)) | {
                 "per_step_share_of_noise": [round(s / sum(per_step_noise), 3) for s in per_step_noise]}
         plain, x0 = results[reward_name]["plain"], results[reward_name]["x0"]

@@ -145,7 +145,7 @@ class DDPOTrainer:
 
     def advantages(self, prompts: list[str], rewards: np.ndarray, values: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """Rewards normalised per prompt (kvablack/ddpo-pytorch's stat tracker), less the state baseline when
-        ``values`` (N, T) are given, with statistics from every process: (N,) or, with values, (N, T)."""
+        ``values`` (N, T) are given, with statistics from every process; one advantage per sample and step (N, T)."""
         acc = self.accelerator
         index = torch.tensor([self.cfg.prompts.index(p) for p in prompts], device=acc.device)
         all_rewards = acc.gather(torch.as_tensor(rewards, device=acc.device)).cpu().numpy()
@@ -162,7 +162,8 @@ class DDPOTrainer:
         else:
             centred = all_rewards - all_rewards.mean()
             adv = (centred if baseline is None else centred[:, None] - baseline) / (all_rewards.std() + 1e-6)
-        mine = adv.reshape(acc.num_processes, -1, *adv.shape[1:])[acc.process_index]
+        adv = adv if baseline is not None else np.repeat(adv[:, None], self.cfg.num_steps, axis=1)  # (N, T)
+        mine = adv.reshape(acc.num_processes, -1, self.cfg.num_steps)[acc.process_index]
         return clip_advantages(mine, self.cfg.adv_clip_max), info
 
     def _chunk_loss(self, traj: Trajectories, adv: torch.Tensor, tidx: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -197,12 +198,11 @@ class DDPOTrainer:
     def update(self, traj: Trajectories, advantages: np.ndarray) -> dict:
         """Inner epochs over the samples: each sample trains on its own shuffled ``timestep_fraction`` of
         steps; gradients accumulate over those timesteps and ``gradient_accumulation_steps`` micro-batches.
-        ``advantages`` are one per sample (N,) or one per sample and step (N, T)."""
+        ``advantages`` are one per sample and step (N, T), as `advantages` returns them."""
         cfg, acc = self.cfg, self.accelerator
         n, steps = len(traj), len(traj.timesteps)
         n_train = max(1, int(steps * cfg.timestep_fraction))
-        adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)
-        adv = adv[:, None].expand(n, steps) if adv.ndim == 1 else adv  # (N, T)
+        adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)  # (N, T)
         per_forward = cfg.timesteps_per_forward
         chunks = [range(j, min(j + per_forward, n_train)) for j in range(0, n_train, per_forward)]  # same every micro-batch
         self.unet.train()
