@@ -11,7 +11,7 @@ import pytest
 
 from app.labelui.dashboard import read_rounds, round_metrics
 from rlhf.paths import ROOT
-from rlhf.round.__main__ import main
+from rlhf.round.__main__ import hidden_gains, main
 from rlhf.round.config import ConfigError, load_config
 from rlhf.round.loop import Loop, RoundError
 from rlhf.store import Store
@@ -21,7 +21,7 @@ IMAGES_PER_PROMPT = 3
 PAIRS = 7
 TINY = [
     f"prompts={ROOT / 'tests' / 'data' / 'three_prompts.txt'}", f"images_per_prompt={IMAGES_PER_PROMPT}",
-    f"pairs_per_round={PAIRS}", "audit_pairs=2", "eval_prompt_count=2", "eval_seeds=1",
+    f"pairs_per_round={PAIRS}", "audit_pairs=2", "eval_prompt_count=2", "eval_seeds=1", "eval_prompt_seeds=1",
     "ddpo.num_steps=4", "ddpo.timesteps_per_forward=4", "ddpo.sample_batch_size=4", "ddpo.samples_per_prompt=2",
     "ddpo.train_batch_size=4", "ddpo.num_epochs=2", "ddpo.save_every=1",
 ]
@@ -91,6 +91,15 @@ def test_reports_and_the_dashboard_file(two_rounds):
         figures = result[model]["eval_prompts"]
         assert 0 <= figures["prompt_following"] <= 1 and np.isfinite(figures["learned_reward"])
         assert np.isfinite(figures["hidden_score"]) and np.isfinite(figures["clip_score"])
+
+
+def test_round_gains_pair_each_policy_with_the_one_before_on_the_same_seeds(two_rounds):
+    loop, _ = two_rounds
+    records = read_rounds(loop.run_dir)
+    hidden = [records[0]["judge/base/train_prompts/hidden_score"]] + [r["judge/policy/train_prompts/hidden_score"] for r in records]
+    gains = hidden_gains(loop, 2)
+    assert [g["mean"] for g in gains] == pytest.approx(np.diff(hidden), abs=1e-4)
+    assert all(g["se"] >= 0 for g in gains)
 
 
 def test_a_finished_run_has_nothing_left_to_redo(two_rounds):

@@ -18,6 +18,8 @@ from rlhf.paths import ROOT, RUNS
 
 DEMO_TASTE = "placed"
 DEMO_ROUNDS = 3
+DEMO_FOLLOWING_TOLERANCE = 2.0
+"""points of prompt following (eval prompts) the demo may lose over its rounds"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +134,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def hidden_gains(loop, rounds: int) -> list[dict]:
+    """Each round's change in the hidden taste score (synthetic labeller) over the previous round's policy, on the
+    same training prompts and held-out seeds, with its paired standard error: is a round's rise above the noise?"""
+    from rlhf.round.config import from_dict
+    from rlhf.round.labellers import parse_labeller
+    from rlhf.toy.tastes import TASTES
+
+    records = {r.id: r for r in loop.rounds()}
+    scores = []
+    for round_id in range(rounds + 1):
+        cfg = from_dict(records[max(round_id, 1)].config)
+        taste = TASTES[parse_labeller(cfg.labeller).persona.taste]
+        eval_set = loop.eval_sets(cfg)[0]
+        scores.append(taste.score(list(loop.eval_images(round_id, cfg, eval_set)), eval_set.jobs()[0]))
+    changes = [after - before for before, after in zip(scores, scores[1:])]
+    return [{"mean": round(float(c.mean()), 4), "se": round(float(c.std(ddof=1) / len(c) ** 0.5), 4)} for c in changes]
+
+
 def write_demo(loop, out: Path, minutes: float) -> None:
     """The demo's acceptance figures: hidden score and prompt following per round (0 = base) and the wall time."""
     records = json.loads((loop.run_dir / "rounds.json").read_text())["rounds"]
@@ -143,12 +163,21 @@ def write_demo(loop, out: Path, minutes: float) -> None:
         "prompt_following": [r[f"judge/{m}/eval_prompts/prompt_following"] for m, r in models],
         "learned_reward_base_policy": [[r["judge/base/train_prompts/learned_reward"], r["judge/policy/train_prompts/learned_reward"]]
                                        for r in records],
+        "hidden_gain_per_round": hidden_gains(loop, len(records)),
         "rm_accuracy": [r["rm/accuracy"] for r in records],
         "rm_audit_accuracy": [r.get("rm/audit_accuracy") for r in records],
         "labels": [r["rm/labels"] for r in records],
     }
+    gains, following = figures["hidden_gain_per_round"], figures["prompt_following"]
+    figures["rose_every_round"] = all(g["mean"] > 0 for g in gains)
+    figures["prompt_following_change_points"] = round(100 * (following[-1] - following[0]), 2)
+    figures["accepted"] = figures["rose_every_round"] and figures["prompt_following_change_points"] >= -DEMO_FOLLOWING_TOLERANCE
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
+    print("hidden score change per round, training prompts x held-out seeds (mean +- se): "
+          + ", ".join(f"{g['mean']:+.4f} +- {g['se']:.4f}" for g in gains)
+          + f"; rose every round: {'yes' if figures['rose_every_round'] else 'NO'}; prompt following "
+          f"{figures['prompt_following_change_points']:+.2f} points (tolerance {DEMO_FOLLOWING_TOLERANCE:g})")
     print(f"demo: {DEMO_ROUNDS} rounds in {minutes:.1f} min; figures in {out}; "
           f"label them yourself: RLHF_DB={loop.run_dir / 'labels.db'} streamlit run app/label.py")
 

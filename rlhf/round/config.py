@@ -60,14 +60,19 @@ class RoundConfig:
     eval_prompts: str = "toy_eval"
     eval_prompt_count: int = 32
     """the first N prompts of eval_prompts (0: all)"""
-    eval_seeds: int = 8
-    """fixed seeds per eval prompt, also used on the training prompts (held-out seeds)"""
+    eval_seeds: int = 16
+    """fixed held-out seeds per training prompt; the demo's per-round change in the hidden score has a paired se of
+    about 0.08 / sqrt(prompts x seeds), ~0.005 here, as large as a round's gain (README)"""
+    eval_prompt_seeds: int = 4
+    """fixed seeds per eval prompt (generalisation and prompt following)"""
     aesthetic_weights: str | None = None
     """LAION aesthetic predictor weights (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14), judged at eval if given"""
     seed: int = 0
 
     def validate(self) -> RoundConfig:
         problems = []
+        if self.eval_seeds < 1 or self.eval_prompt_seeds < 1:
+            problems.append(f"eval_seeds={self.eval_seeds}, eval_prompt_seeds={self.eval_prompt_seeds}: use at least 1 seed each")
         if self.images_per_prompt < 2:
             problems.append(f"images_per_prompt={self.images_per_prompt}: a pair needs at least 2 images per prompt")
         if not 0 <= self.audit_pairs < self.pairs_per_round:
@@ -100,7 +105,7 @@ PRESETS: dict[str, RoundConfig] = {
         mixed_precision="fp16", prompts="drawbench", images_per_prompt=4, pairs_per_round=400, audit_pairs=50,
         ddpo_preset="reference", ddpo={"sample_batch_size": 8, "num_batches_per_epoch": 4, "train_batch_size": 4,
                                        "num_epochs": 50, "save_every": 10},
-        eval_prompts="drawbench", eval_prompt_count=0,
+        eval_prompts="drawbench", eval_prompt_count=0, eval_seeds=8, eval_prompt_seeds=8,
     ),
 }
 

@@ -346,15 +346,17 @@ class Loop:
     def eval_sets(self, cfg: RoundConfig) -> list[evaluate.EvalSet]:
         eval_prompts = [p.text for p in load_prompts(cfg.eval_prompts)]
         return [evaluate.EvalSet("train_prompts", [p.text for p in load_prompts(cfg.prompts)], cfg.eval_seeds),
-                evaluate.EvalSet("eval_prompts", eval_prompts[:cfg.eval_prompt_count or None], cfg.eval_seeds)]
+                evaluate.EvalSet("eval_prompts", eval_prompts[:cfg.eval_prompt_count or None], cfg.eval_prompt_seeds)]
 
     def eval_images(self, round_id: int, cfg: RoundConfig, eval_set: evaluate.EvalSet) -> np.ndarray:
         """Images of round ``round_id``'s policy (0: base) on an eval set, drawn once and kept as .npy."""
         folder = self.run_dir / "eval" if round_id == 0 else self.round_dir(round_id)
         path = folder / f"{'base-' if round_id == 0 else 'eval-'}{eval_set.name}.npy"
-        if path.is_file():
-            return np.load(path)
         prompts, seeds = eval_set.jobs()
+        if path.is_file():
+            images = np.load(path)
+            if len(images) == len(prompts):
+                return images  # else drawn for other eval settings (a config changed between rounds): redraw
         images = self.draw(round_id, cfg, prompts, seeds)
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
