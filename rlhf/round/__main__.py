@@ -142,14 +142,15 @@ def hidden_gains(loop, rounds: int) -> list[dict]:
     from rlhf.toy.tastes import TASTES
 
     records = {r.id: r for r in loop.rounds()}
-    scores = []
-    for round_id in range(rounds + 1):
-        cfg = from_dict(records[max(round_id, 1)].config)
+    gains = []
+    for round_id in range(1, rounds + 1):
+        cfg = from_dict(records[round_id].config)  # both policies on this round's eval set, so images pair up
         taste = TASTES[parse_labeller(cfg.labeller).persona.taste]
         eval_set = loop.eval_sets(cfg)[0]
-        scores.append(taste.score(list(loop.eval_images(round_id, cfg, eval_set)), eval_set.jobs()[0]))
-    changes = [after - before for before, after in zip(scores, scores[1:])]
-    return [{"mean": round(float(c.mean()), 4), "se": round(float(c.std(ddof=1) / len(c) ** 0.5), 4)} for c in changes]
+        before, after = (taste.score(list(loop.eval_images(r, cfg, eval_set)), eval_set.jobs()[0]) for r in (round_id - 1, round_id))
+        change = after - before
+        gains.append({"mean": round(float(change.mean()), 4), "se": round(float(change.std(ddof=1) / len(change) ** 0.5), 4)})
+    return gains
 
 
 def write_demo(loop, out: Path, minutes: float) -> None:
