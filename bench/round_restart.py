@@ -37,11 +37,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "round_restart.json")
     args = parser.parse_args()
     r = args.round
-    records = {rec.id: rec for rec in Loop(args.run_dir, from_dict({})).rounds()}
+    loop = Loop(args.run_dir, from_dict({}))  # every call below takes the round's own config
+    records = {rec.id: rec for rec in loop.rounds()}
     if records.get(r) is None or records[r].phase != "done":
         raise SystemExit(f"round {r} of {args.run_dir} is not finished; run `make demo` first")
     cfg = from_dict(records[r].config)
-    loop = Loop(args.run_dir, cfg)
     eval_set = loop.eval_sets(cfg)[0]
     prompts, seeds = eval_set.jobs()
     taste, reward_model = TASTES[parse_labeller(cfg.labeller).persona.taste], loop.reward_model(r, cfg)

@@ -121,16 +121,17 @@ class DDPOTrainer:
         every step's predicted x_0 (N, T)); each batch is scored in a worker thread while the next one samples."""
         cfg = self.cfg
         self.unet.eval()
-        batches, futures, x0_futures = [], [], []
+        batches, futures, x0_futures, x0_prompts = [], [], [], []
         for _ in range(cfg.num_batches_per_epoch):
             prompts = self._batch_prompts()
             traj = sample_trajectories(self.pipe, self.unet, prompts, num_steps=cfg.num_steps, eta=cfg.eta,
                                        guidance_scale=cfg.guidance_scale, generator=self.generator, decode_x0=cfg.x0_baseline)
             futures.append(self._executor.submit(self.reward, traj.images, prompts, [{"epoch": self.epoch}] * len(prompts)))
             if cfg.x0_baseline:
-                x0_prompts = [p for p in prompts for _ in range(cfg.num_steps)]
+                step_prompts = [p for p in prompts for _ in range(cfg.num_steps)]  # (B * T,), sample-major
+                x0_prompts += step_prompts
                 x0_futures.append(self._executor.submit(self.reward, traj.x0_images.reshape(-1, *traj.images.shape[1:]),
-                                                        x0_prompts, [{"epoch": self.epoch, "x0": True}] * len(x0_prompts)))
+                                                        step_prompts, [{"epoch": self.epoch, "x0": True}] * len(step_prompts)))
                 traj.x0_images = None  # scored in the worker; training needs only the latents
             batches.append(traj)
         traj = Trajectories.cat(batches)
@@ -139,7 +140,7 @@ class DDPOTrainer:
         values = None
         if x0_futures:
             values = np.concatenate([np.asarray(f.result()[0], np.float64) for f in x0_futures])  # (N * T,)
-            values = check_finite(values, [p for p in traj.prompts for _ in range(cfg.num_steps)], self.reward.name)
+            values = check_finite(values, x0_prompts, self.reward.name)
             values = values.reshape(len(traj), cfg.num_steps)  # (N, T)
         return traj, rewards, values, {k: v for _, info in results for k, v in info.items()}
 
