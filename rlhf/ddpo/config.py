@@ -21,6 +21,9 @@ class DDPOConfig:
     """sampling batches per epoch, per process; samples per epoch = this x sample_batch_size x processes"""
     samples_per_prompt: int = 1
     """trajectories drawn for each chosen prompt in a batch (the reference: 1, prompts drawn independently)"""
+    balanced_prompts: bool = False
+    """draw the prompts as shuffled passes over the prompt set, each prompt once per pass (not in the reference,
+    which draws them independently: 10 epochs of 8 of 16 prompts then typically train one prompt 2 times, another 9)"""
 
     # policy-gradient update
     loss: str = "is"
@@ -55,6 +58,8 @@ class DDPOConfig:
     stat_min_count: int = 16
     use_lora: bool = True
     lora_rank: int = 4
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """UNet modules that get a LoRA (the reference: the attention projections)"""
     mixed_precision: str = "fp16"
     """'no', 'fp16' or 'bf16'; forced to 'no' on CPU"""
     seed: int = 42
@@ -99,8 +104,8 @@ PRESETS: dict[str, DDPOConfig] = {
     # the tiny pipeline, lr 1e-2 rose then collapsed, 16 samples an epoch left the gradient to noise. 64 samples
     # (8 prompts x 8) with each prompt normalised by its own 8 samples from the first epoch; fp32 on CPU.
     "toy": DDPOConfig(
-        num_steps=10, sample_batch_size=64, num_batches_per_epoch=1, samples_per_prompt=8, train_batch_size=8,
-        learning_rate=3e-3, clip_range=1e-2, timesteps_per_forward=10, stat_buffer_size=32, stat_min_count=8,
+        num_steps=10, sample_batch_size=64, num_batches_per_epoch=1, samples_per_prompt=8, balanced_prompts=True,
+        train_batch_size=8, learning_rate=3e-3, clip_range=1e-2, timesteps_per_forward=10, stat_buffer_size=32, stat_min_count=8,
         mixed_precision="no", save_every=0, num_epochs=12,
     ),
 }

@@ -32,8 +32,6 @@ from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sampl
 from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed here; the message says why and what to do."""
@@ -62,6 +60,7 @@ class DDPOTrainer:
         set_seed(cfg.seed, device_specific=True)
         self.rng = np.random.default_rng(cfg.seed + self.accelerator.process_index)
         self.generator = torch.Generator(self.accelerator.device).manual_seed(cfg.seed + self.accelerator.process_index)
+        self.prompt_queue: list[int] = []  # the rest of the current pass over the prompts (balanced_prompts)
         self._prepare_models()
         self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.scheduler = make_scheduler(pipe, cfg.num_steps)
@@ -84,7 +83,7 @@ class DDPOTrainer:
             from peft import LoraConfig
 
             unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
-                                        target_modules=LORA_TARGETS))
+                                        target_modules=list(cfg.lora_targets)))
             for p in unet.parameters():  # fp32 trainable weights: fp16 LoRA updates underflow to NaN
                 if p.requires_grad:
                     p.data = p.data.float()
@@ -113,7 +112,12 @@ class DDPOTrainer:
     # ----------------------------------------------------------------- phases
     def _batch_prompts(self) -> list[str]:
         prompts, k = self.cfg.prompts, self.cfg.samples_per_prompt
-        chosen = self.rng.choice(len(prompts), size=self.cfg.sample_batch_size // k)
+        n = self.cfg.sample_batch_size // k
+        if not self.cfg.balanced_prompts:
+            return [prompts[i] for i in self.rng.choice(len(prompts), size=n) for _ in range(k)]
+        while len(self.prompt_queue) < n:
+            self.prompt_queue += self.rng.permutation(len(prompts)).tolist()
+        chosen, self.prompt_queue = self.prompt_queue[:n], self.prompt_queue[n:]
         return [prompts[i] for i in chosen for _ in range(k)]
 
     def sample(self) -> tuple[Trajectories, np.ndarray, np.ndarray | None, dict]:
@@ -284,7 +288,7 @@ class DDPOTrainer:
 
     def _rng_state(self) -> dict:
         return {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(), "generator": self.generator.get_state(),
-                "python": random.getstate()}
+                "python": random.getstate(), "prompt_queue": list(self.prompt_queue)}
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/epoch-NNNN`` atomically: everything goes to a temporary folder that is renamed
@@ -348,6 +352,7 @@ class DDPOTrainer:
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
         random.setstate(rng["python"])
+        self.prompt_queue = list(rng["prompt_queue"])
         self.epoch = self.saved_epoch = state["epoch"]
 
 

@@ -164,9 +164,12 @@ class Loop:
             return None
         return RewardModel.load(folder, self.clip(cfg), lam=cfg.uncertainty_penalty)
 
-    def ddpo_config(self, cfg: RoundConfig) -> DDPOConfig:
+    def ddpo_config(self, cfg: RoundConfig, round_id: int = 0) -> DDPOConfig:
+        """Round r trains with the DDPO seed + r: with one seed for all, every round replayed round 1's noise and
+        prompt draws, so the prompts drawn least in round 1 were drawn least in every round."""
         prompts = [p.text for p in load_prompts(cfg.prompts)]
-        return DDPO_PRESETS[cfg.ddpo_preset].replace(**{"mixed_precision": cfg.mixed_precision, **cfg.ddpo, "prompts": prompts})
+        ddpo = DDPO_PRESETS[cfg.ddpo_preset].replace(**{"mixed_precision": cfg.mixed_precision, **cfg.ddpo, "prompts": prompts})
+        return ddpo.replace(seed=ddpo.seed + round_id)
 
     def policy(self, round_id: int, cfg: RoundConfig):
         """The pipeline with the policy that round ``round_id`` ended with (the LoRA loaded into the UNet with
@@ -317,7 +320,7 @@ class Loop:
 
     def _ddpo(self, round_id: int, cfg: RoundConfig) -> str:
         """Fine-tune the previous policy against this round's reward model; resumes from the last checkpoint."""
-        ddpo = self.ddpo_config(cfg)
+        ddpo = self.ddpo_config(cfg, round_id)
         if ddpo.save_every == 0:
             ddpo = ddpo.replace(save_every=max(1, ddpo.num_epochs // 4))  # a crash costs at most a quarter
         labeller = parse_labeller(cfg.labeller)
