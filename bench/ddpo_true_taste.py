@@ -40,7 +40,7 @@ def main() -> None:
     eval_prompts = [p for p in prompts for _ in range(16)]
     eval_seeds = [900_000 + k for _ in prompts for k in range(16)]
     taste = TASTES["placed"]
-    cfg = PRESETS["toy"].replace(prompts=prompts, num_epochs=10, kl_coef=0.03)
+    cfg = PRESETS["toy"].replace(prompts=prompts, kl_coef=0.03)
 
     def judge(pipe, unet):
         images = evaluate.draw(pipe, unet, eval_prompts, eval_seeds, num_steps=cfg.num_steps, eta=cfg.eta,
@@ -59,10 +59,10 @@ def main() -> None:
                     t0 = time.perf_counter()
                     trainer.train(10, progress=False)
                     seconds += time.perf_counter() - t0
-                    change = judge(trainer.pipe, trainer.unet) - before
+                    change = evaluate.paired_change(judge(trainer.pipe, trainer.unet), before)
                     rows.append({"lora": name, "seed": seed, "epochs": trainer.epoch,
-                                 "parameters": sum(p.numel() for p in trainer.params), "gain": round(float(change.mean()), 4),
-                                 "se": round(float(change.std(ddof=1) / len(change) ** 0.5), 4), "seconds": round(seconds)})
+                                 "parameters": sum(p.numel() for p in trainer.params), "gain": change["mean"],
+                                 "se": change["se"], "seconds": round(seconds)})
                     print(json.dumps(rows[-1]), flush=True)
     args.out.write_text(json.dumps({
         "what": "toy preset, KL 0.03, from the base against taste:placed itself; gain in placed on 256 "

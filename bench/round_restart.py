@@ -54,11 +54,10 @@ def main() -> None:
 
     def row(name: str, images: np.ndarray, seconds: float | None = None) -> dict:
         hidden, reward = judge(images)
+        change = evaluate.paired_change(hidden, start_hidden)
         out = {"policy": name, "learned_reward": round(float(reward.mean()), 4),
                "learned_reward_change": round(float((reward - start_reward).mean()), 4),
-               "hidden": round(float(hidden.mean()), 4),
-               "hidden_change": round(float((hidden - start_hidden).mean()), 4),
-               "hidden_change_se": round(float((hidden - start_hidden).std(ddof=1) / len(hidden) ** 0.5), 4)}
+               "hidden": round(float(hidden.mean()), 4), "hidden_change": change["mean"], "hidden_change_se": change["se"]}
         print(json.dumps(out), flush=True)
         return out | ({"seconds": round(seconds, 1)} if seconds is not None else {})
 

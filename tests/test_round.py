@@ -69,9 +69,9 @@ def test_each_round_starts_from_the_previous_policy_and_records_its_config(two_r
     assert {im.model_id for im in images if im.round_id == 1} == {"base"}
     assert {im.model_id for im in images if im.round_id == 2} == {"round-1"}
     assert loop.rounds()[1].config["labeller"] == "synthetic:large_warm"
-    seeds = [torch.load(latest_checkpoint(loop.round_dir(r) / "ddpo") / "trainer_state.pt", weights_only=False)["config"]["seed"]
-             for r in (1, 2)]
-    assert seeds[1] == seeds[0] + 1  # each round draws fresh noise and prompts
+    ddpo_seeds = [torch.load(latest_checkpoint(loop.round_dir(r) / "ddpo") / "trainer_state.pt", weights_only=False)
+                  ["config"]["seed"] for r in (1, 2)]
+    assert ddpo_seeds[1] == ddpo_seeds[0] + 1  # each round draws fresh noise and prompts
     # the same prompt and seed in both rounds: the before/after pairs of the dashboard's gallery
     seeds = {r: {(im.prompt, im.seed) for im in images if im.round_id == r} for r in (1, 2)}
     assert seeds[1] == seeds[2]

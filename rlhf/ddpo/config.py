@@ -105,7 +105,7 @@ PRESETS: dict[str, DDPOConfig] = {
     # (8 prompts x 8) with each prompt normalised by its own 8 samples from the first epoch; fp32 on CPU.
     "toy": DDPOConfig(
         num_steps=10, sample_batch_size=64, num_batches_per_epoch=1, samples_per_prompt=8, balanced_prompts=True,
-        train_batch_size=8, learning_rate=3e-3, clip_range=1e-2, timesteps_per_forward=10, stat_buffer_size=32, stat_min_count=8,
-        mixed_precision="no", save_every=0, num_epochs=12,
+        train_batch_size=8, learning_rate=3e-3, clip_range=1e-2, timesteps_per_forward=10, stat_buffer_size=32,
+        stat_min_count=8, mixed_precision="no", save_every=0, num_epochs=12,
     ),
 }

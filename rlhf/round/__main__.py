@@ -138,6 +138,7 @@ def hidden_gains(loop, rounds: int) -> list[dict]:
     """Each round's change in the hidden taste score (synthetic labeller) over the previous round's policy, on the
     same training prompts and held-out seeds, with its paired standard error: is a round's rise above the noise?"""
     from rlhf.round.config import from_dict
+    from rlhf.round.evaluate import paired_change
     from rlhf.round.labellers import parse_labeller
     from rlhf.toy.tastes import TASTES
 
@@ -148,8 +149,7 @@ def hidden_gains(loop, rounds: int) -> list[dict]:
         taste = TASTES[parse_labeller(cfg.labeller).persona.taste]
         eval_set = loop.eval_sets(cfg)[0]
         before, after = (taste.score(list(loop.eval_images(r, cfg, eval_set)), eval_set.jobs()[0]) for r in (round_id - 1, round_id))
-        change = after - before
-        gains.append({"mean": round(float(change.mean()), 4), "se": round(float(change.std(ddof=1) / len(change) ** 0.5), 4)})
+        gains.append(paired_change(after, before))
     return gains
 
 

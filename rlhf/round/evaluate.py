@@ -33,6 +33,13 @@ class EvalSet:
         return prompts, seeds
 
 
+def paired_change(after: np.ndarray, before: np.ndarray) -> dict[str, float]:
+    """Mean change of per-image scores of two policies on the same prompts and seeds, with its paired standard
+    error: the noise a rise must clear."""
+    change = np.asarray(after) - np.asarray(before)
+    return {"mean": round(float(change.mean()), 4), "se": round(float(change.std(ddof=1) / len(change) ** 0.5), 4)}
+
+
 def draw(pipe, unet, prompts: list[str], seeds: list[int], *, num_steps: int, eta: float, guidance_scale: float,
          batch_size: int = 32) -> np.ndarray:
     """One image per (prompt, seed) from the stochastic DDIM policy, each depending only on its own seed."""
