@@ -1,14 +1,15 @@
-"""How far can 10 epochs of the toy preset move `placed` when the reward is the hidden taste itself?
+"""How far can 10 epochs of the toy preset move a hidden taste when the reward is that taste itself?
 
-    python bench/ddpo_true_taste.py [--seeds 1 2] [--long 30]    # about 27 min on 2 cores
+    python bench/ddpo_true_taste.py [--taste placed] [--seeds 1 2] [--long 30] [--wide 10]   # 27 min on 2 cores
+    python bench/ddpo_true_taste.py --taste true_colour --seeds 1 2 --long 10 --wide 0      # 7 min
 
-The rounds demo asks each round's DDPO to raise the hidden `placed` score from a learned model of it; a round
+The rounds demo asks each round's DDPO to raise a hidden taste's score from a learned model of it; a round
 cannot be expected to gain more than DDPO gains from the true taste. This trains the demo's DDPO settings (toy
-preset, KL 0.03 to the base, 10 epochs) from the base model against `taste:placed` with LoRA on the attention
-projections (the default) and with LoRA on the convolutions, projections and feed-forwards as well, and scores
-256 held-out images (16 training prompts x 16 seeds never trained on) before and after, paired by seed. The
-attention-LoRA runs go on to ``--long`` epochs, judged every 10, to show what three times a round's samples buy.
-Writes bench/results/ddpo_true_taste.json.
+preset, KL 0.03 to the base, 10 epochs) from the base model against ``taste:<taste>`` with LoRA on the attention
+projections (the default) and, for ``--wide`` epochs, with LoRA on the convolutions, projections and
+feed-forwards as well, and scores 256 held-out images (16 training prompts x 16 seeds never trained on) before
+and after, paired by seed, with their prompt following. The attention-LoRA runs go on to ``--long`` epochs,
+judged every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste[_<taste>].json.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from rlhf.ddpo.trainer import DDPOTrainer
 from rlhf.models import load_pipeline
 from rlhf.prompts import load_prompts
 from rlhf.round import evaluate
+from rlhf.toy.analyse import analyse, follows
 from rlhf.toy.tastes import TASTES
+from rlhf.toy.world import parse_caption
 
 ATTENTION = PRESETS["toy"].lora_targets
 WIDE = (*ATTENTION, "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
@@ -32,42 +35,53 @@ WIDE = (*ATTENTION, "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--taste", default="placed", choices=list(TASTES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--long", type=int, default=30, help="epochs of the attention-LoRA runs (judged every 10)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ddpo_true_taste.json")
+    parser.add_argument("--wide", type=int, default=10, help="epochs of the wide-LoRA runs (0: none)")
+    parser.add_argument("--out", type=Path, help="default bench/results/ddpo_true_taste.json, or _<taste>.json")
     args = parser.parse_args()
+    suffix = "" if args.taste == "placed" else f"_{args.taste}"
+    out = args.out or Path(__file__).parent / "results" / f"ddpo_true_taste{suffix}.json"
     prompts = [p.text for p in load_prompts("toy_train")]
     eval_prompts = [p for p in prompts for _ in range(16)]
     eval_seeds = [900_000 + k for _ in prompts for k in range(16)]
-    taste = TASTES["placed"]
+    taste = TASTES[args.taste]
     cfg = PRESETS["toy"].replace(prompts=prompts, kl_coef=0.03)
 
     def judge(pipe, unet):
-        images = evaluate.draw(pipe, unet, eval_prompts, eval_seeds, num_steps=cfg.num_steps, eta=cfg.eta,
-                               guidance_scale=cfg.guidance_scale)
-        return taste.score(list(images), eval_prompts)
+        """The taste's score of each held-out image, and the eval set's prompt following."""
+        images = list(evaluate.draw(pipe, unet, eval_prompts, eval_seeds, num_steps=cfg.num_steps, eta=cfg.eta,
+                                    guidance_scale=cfg.guidance_scale))
+        hits = [v for im, p in zip(images, eval_prompts) for v in follows(analyse(im), parse_caption(p)).values()]
+        return taste.score(images, eval_prompts), float(sum(hits) / len(hits))
 
     base = load_pipeline()
-    before = judge(base, base.unet)
+    before, following_before = judge(base, base.unet)
     rows = []
     for seed in args.seeds:
-        for name, targets, epochs in (("attention", ATTENTION, args.long), ("attention+conv+proj+ff", WIDE, 10)):
+        for name, targets, epochs in (("attention", ATTENTION, args.long), ("attention+conv+proj+ff", WIDE, args.wide)):
+            if epochs == 0:
+                continue
             with tempfile.TemporaryDirectory() as run:
-                trainer = DDPOTrainer(load_pipeline(), TasteReward("placed"), cfg.replace(seed=seed, lora_targets=targets), run)
+                trainer = DDPOTrainer(load_pipeline(), TasteReward(args.taste), cfg.replace(seed=seed, lora_targets=targets), run)
                 seconds = 0.0
                 while trainer.epoch < epochs:
                     t0 = time.perf_counter()
                     trainer.train(10, progress=False)
                     seconds += time.perf_counter() - t0
-                    change = evaluate.paired_change(judge(trainer.pipe, trainer.unet), before)
+                    after, following = judge(trainer.pipe, trainer.unet)
+                    change = evaluate.paired_change(after, before)
                     rows.append({"lora": name, "seed": seed, "epochs": trainer.epoch,
                                  "parameters": sum(p.numel() for p in trainer.params), "gain": change["mean"],
-                                 "se": change["se"], "seconds": round(seconds)})
+                                 "se": change["se"], "prompt_following_change_points":
+                                 round(100 * (following - following_before), 2), "seconds": round(seconds)})
                     print(json.dumps(rows[-1]), flush=True)
-    args.out.write_text(json.dumps({
-        "what": "toy preset, KL 0.03, from the base against taste:placed itself; gain in placed on 256 "
+    out.write_text(json.dumps({
+        "what": f"toy preset, KL 0.03, from the base against taste:{args.taste} itself; gain in {args.taste} on 256 "
                 "held-out images paired by seed (16 training prompts x 16 seeds); see bench/ddpo_true_taste.py",
-        "before": round(float(before.mean()), 4), "rows": rows}, indent=2) + "\n")
+        "before": round(float(before.mean()), 4), "prompt_following_before": round(following_before, 4),
+        "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

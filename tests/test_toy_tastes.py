@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from rlhf.toy.tastes import TASTES, get_taste
 from rlhf.toy.world import Scene, draw
@@ -36,6 +37,25 @@ def test_asked_background_and_faithful_judge_against_the_prompt():
         t = get_taste(name)
         assert t(img, right) > t(img, wrong)
     assert get_taste("faithful")(img, right) == 1.0
+
+
+def test_well_drawn_likes_an_unmistakable_shape():
+    t = get_taste("well_drawn")
+    crisp = _img(Scene("square", "red", "white", "large"))
+    blurred = ndimage.uniform_filter(crisp.astype(np.float32), size=(3, 3, 1)).round().astype(np.uint8)
+    asked = "a large red square on a white background"
+    assert t(crisp, asked) == 1.0 > t(blurred, asked) > 0.5
+    assert t(np.full_like(crisp, 245), asked) == 0.0  # no shape at all
+
+
+def test_true_colour_wants_exactly_the_asked_colour():
+    t = get_taste("true_colour")
+    exact = _img(Scene("circle", "orange", "black", "large"))
+    off = exact.copy()
+    off[(exact == (245, 140, 30)).all(-1)] = (245, 110, 30)  # 30 RGB units towards red
+    asked = "a large orange circle on a black background"
+    assert t(exact, asked) == 1.0 > t(off, asked) == pytest.approx(0.8)
+    assert t(exact, "a large red circle on a black background") < 0.35  # red is 104 away
 
 
 @pytest.mark.parametrize("name", list(TASTES))

@@ -1,9 +1,10 @@
 """Measure the shipped toy models: ``python -m rlhf.toy.quality``.
 
 Pipeline: the analyser's prompt-following rates on the 200 ``toy_eval`` prompts x fixed seeds, against a
-chance baseline (the same images judged against shuffled prompts), plus a sample grid. CLIP: zero-shot
-caption retrieval on held-out drawings, and how much of a lone shape's position a linear probe reads from the
-image embedding (a reward model for placement can do no better). Figures go to ``bench/results/toy_quality.json``.
+chance baseline (the same images judged against shuffled prompts), how far a named place moves the shape, and a
+sample grid. CLIP: zero-shot caption retrieval on held-out drawings, and how much of a lone shape's position a
+linear probe reads from the image embedding (a reward model for placement can do no better). Figures go to
+``bench/results/toy_quality.json``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from rlhf.models import load_clip, load_pipeline
 from rlhf.paths import ROOT, TOY_CLIP, TOY_PIPELINE
 from rlhf.prompts import load_prompts
 from rlhf.toy.analyse import analyse, follows
-from rlhf.toy.world import Scene, dataset, parse_caption
+from rlhf.toy.world import POSITIONS, Scene, dataset, parse_caption
 
 
 def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 50) -> list[np.ndarray]:
@@ -62,6 +63,29 @@ def pipeline_quality(source=TOY_PIPELINE, prompt_set: str = "toy_eval", seeds=(0
     return result, images, [p for p in prompts for _ in seeds]
 
 
+def position_response(pipe, seeds=tuple(range(8)), steps: int = 20, guidance: float = 5.0) -> dict:
+    """Mean centroid of the main shape for each named place, on the same seeds for every place.
+
+    The drawings put "on the left" 15 pixels left of "on the right"; a pipeline that cannot tell the places
+    apart leaves each shape where its starting noise put it, so every place gets the same mean.
+    """
+    looks = [("circle", "red", "white", "small"), ("square", "blue", "yellow", "large"),
+             ("triangle", "green", "black", "small"), ("square", "purple", "gray", "small")]
+    places = [*POSITIONS, None]
+    prompts = [Scene(*look, 1, place).caption() for place in places for look in looks]
+    images = sample(pipe, prompts, list(seeds), steps, guidance)
+    per_place = len(looks) * len(seeds)
+    centroid = {}
+    for k, place in enumerate(places):
+        mains = [analyse(im).main for im in images[k * per_place : (k + 1) * per_place]]
+        centroid[place or "unnamed"] = [round(float(np.mean([getattr(b, axis) for b in mains if b is not None])), 2)
+                                        for axis in ("x", "y")]
+    return {"images_per_place": per_place, "mean_centroid": centroid,
+            "left_right_gap_px": round(centroid["right"][0] - centroid["left"][0], 2),
+            "top_bottom_gap_px": round(centroid["bottom"][1] - centroid["top"][1], 2),
+            "drawings_gap_px": POSITIONS["right"][0] - POSITIONS["left"][0]}
+
+
 def clip_quality(source=TOY_CLIP, n: int = 1000) -> dict[str, float]:
     from sklearn.linear_model import RidgeCV
 
@@ -86,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     t0 = time.time()
     pipe_q, images, captions = pipeline_quality(steps=args.steps, guidance=args.guidance)
-    result = {"pipeline": pipe_q, "clip": clip_quality(), "seconds": round(time.time() - t0, 1)}
+    placement = position_response(load_pipeline(), steps=args.steps, guidance=args.guidance)
+    result = {"pipeline": pipe_q, "position_response": placement, "clip": clip_quality(), "seconds": round(time.time() - t0, 1)}
     args.grid.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images[:32:2], captions[:32:2], cols=4).save(args.grid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'attribute':<12}{'follows':>9}{'chance':>9}")
     for k, v in pipe_q["following"].items():
         print(f"{k:<12}{v:>9.1%}{pipe_q['chance'][k]:>9.1%}")
+    print(f"mean centroid of 'on the left' vs 'on the right': {placement['left_right_gap_px']:+.2f} px apart "
+          f"(drawings: {placement['drawings_gap_px']:+.1f}); 'at the top' vs 'at the bottom': {placement['top_bottom_gap_px']:+.2f} px")
     print(f"CLIP zero-shot caption top-1 over {result['clip']['captions']} captions: {result['clip']['caption_top1']:.1%}")
     print(f"grid: {args.grid}\nfigures: {args.out} ({result['seconds']} s)")
 

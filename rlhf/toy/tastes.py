@@ -67,6 +67,29 @@ def faithful(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     return sum(hits.values()) / len(hits)
 
 
+def well_drawn(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes an unmistakable main shape: the analyser's confidence in its shape and colour (0 when absent).
+
+    A cautionary taste: it pays as well for a colour pushed onto another palette entry as for the asked one drawn
+    cleanly, and DDPO finds that (README, the demo).
+    """
+    return 0.0 if a.main is None else a.main.confidence
+
+
+def true_colour(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes the main shape in exactly the asked colour: 1 minus its median colour's RGB distance to the asked one
+    over 150 (red to orange is 104), 0 when absent; off-world prompts judge against the nearest shape colour.
+
+    Unlike placement the toy UNet can steer it: it has no sense of absolute position (README "Measured quality")
+    but sets its colours per prompt.
+    """
+    b = a.main
+    if b is None:
+        return 0.0
+    colour = asked.colour if asked is not None else b.colour
+    return max(0.0, 1 - float(np.linalg.norm(np.subtract(b.rgb, PALETTE[colour]))) / 150)
+
+
 def bright(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     """Likes bright images: mean luminance in [0, 1]."""
     return float((image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255)
@@ -103,6 +126,8 @@ TASTES: dict[str, Taste] = {
         Taste("placed", ((placed, 1.0),)),
         Taste("asked_background", ((asked_background, 1.0),)),
         Taste("faithful", ((faithful, 1.0),)),
+        Taste("well_drawn", ((well_drawn, 1.0),)),
+        Taste("true_colour", ((true_colour, 1.0),)),
         Taste("bright", ((bright, 1.0),)),
         Taste("red", ((red, 1.0),)),
         Taste("warm_and_faithful", ((large_warm, 0.5), (faithful, 0.5))),
