@@ -25,9 +25,7 @@ from rlhf.ddpo.trainer import DDPOTrainer
 from rlhf.models import load_pipeline
 from rlhf.prompts import load_prompts
 from rlhf.round import evaluate
-from rlhf.toy.analyse import analyse, follows
 from rlhf.toy.tastes import TASTES
-from rlhf.toy.world import parse_caption
 
 ATTENTION = PRESETS["toy"].lora_targets
 WIDE = (*ATTENTION, "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
@@ -51,10 +49,9 @@ def main() -> None:
 
     def judge(pipe, unet):
         """The taste's score of each held-out image, and the eval set's prompt following."""
-        images = list(evaluate.draw(pipe, unet, eval_prompts, eval_seeds, num_steps=cfg.num_steps, eta=cfg.eta,
-                                    guidance_scale=cfg.guidance_scale))
-        hits = [v for im, p in zip(images, eval_prompts) for v in follows(analyse(im), parse_caption(p)).values()]
-        return taste.score(images, eval_prompts), float(sum(hits) / len(hits))
+        images = evaluate.draw(pipe, unet, eval_prompts, eval_seeds, num_steps=cfg.num_steps, eta=cfg.eta,
+                               guidance_scale=cfg.guidance_scale)
+        return taste.score(list(images), eval_prompts), evaluate.prompt_following(images, eval_prompts)
 
     base = load_pipeline()
     before, following_before = judge(base, base.unet)

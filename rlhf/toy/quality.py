@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rlhf.grid import image_grid
 from rlhf.models import load_clip, load_pipeline
-from rlhf.paths import ROOT, TOY_CLIP, TOY_PIPELINE
+from rlhf.paths import ROOT, TOY_CLIP
 from rlhf.prompts import load_prompts
 from rlhf.toy.analyse import analyse, follows
 from rlhf.toy.world import POSITIONS, Scene, dataset, parse_caption
@@ -49,8 +49,7 @@ def following_rates(images: list[np.ndarray], scenes: list[Scene]) -> dict[str, 
     return {k: float(np.mean(v)) for k, v in hits.items()} | {"all": float(np.mean(every))}
 
 
-def pipeline_quality(source=TOY_PIPELINE, prompt_set: str = "toy_eval", seeds=(0, 1), steps: int = 20, guidance: float = 5.0):
-    pipe = load_pipeline(source)
+def pipeline_quality(pipe, prompt_set: str = "toy_eval", seeds=(0, 1), steps: int = 20, guidance: float = 5.0):
     prompts = [p.text for p in load_prompts(prompt_set)]
     images = sample(pipe, prompts, list(seeds), steps, guidance)
     scenes = [parse_caption(p) for p in prompts for _ in seeds]
@@ -109,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_quality.json")
     args = parser.parse_args(argv)
     t0 = time.time()
-    pipe_q, images, captions = pipeline_quality(steps=args.steps, guidance=args.guidance)
-    placement = position_response(load_pipeline(), steps=args.steps, guidance=args.guidance)
+    pipe = load_pipeline()
+    pipe_q, images, captions = pipeline_quality(pipe, steps=args.steps, guidance=args.guidance)
+    placement = position_response(pipe, steps=args.steps, guidance=args.guidance)
     result = {"pipeline": pipe_q, "position_response": placement, "clip": clip_quality(), "seconds": round(time.time() - t0, 1)}
     args.grid.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images[:32:2], captions[:32:2], cols=4).save(args.grid)
