@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+EOS_ID = 49407  # the last of the 49,408 ids; BOS is the one before it
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -1,7 +1,7 @@
-"""Retrain the toy world's models from scratch: ``python -m rlhf.toy.train [pipeline] [clip]``.
+"""Retrain the toy world's models from scratch: ``python -m rlhf.toy.train [clip] [pipeline]``.
 
-Seeded and deterministic on a given machine; about 45 minutes on 2 CPU cores. Writes the models under
-``data/models/`` and a summary of their measured quality beside them.
+Seeded and deterministic on a given machine. The CLIP comes first: the pipeline's text encoder is its text
+tower. Writes the models under ``data/models/`` and a summary of their training beside them.
 """
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ from rlhf.paths import TOY_CLIP, TOY_PIPELINE
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", choices=["pipeline", "clip"], default=["pipeline", "clip"])
+    parser.add_argument("what", nargs="*", choices=["clip", "pipeline"], default=["clip", "pipeline"])
     args = parser.parse_args(argv)
     summary = {}
-    if "pipeline" in args.what:
-        from rlhf.toy.train_pipeline import train_pipeline
-
-        t0 = time.time()
-        summary["pipeline"] = train_pipeline(TOY_PIPELINE) | {"minutes": (time.time() - t0) / 60}
-        (TOY_PIPELINE / "training_summary.json").write_text(json.dumps(summary["pipeline"], indent=2))
     if "clip" in args.what:
         from rlhf.toy.train_clip import train_clip
 
         t0 = time.time()
         summary["clip"] = train_clip(TOY_CLIP) | {"minutes": (time.time() - t0) / 60}
         (TOY_CLIP / "training_summary.json").write_text(json.dumps(summary["clip"], indent=2))
+    if "pipeline" in args.what:
+        from rlhf.toy.train_pipeline import train_pipeline
+
+        t0 = time.time()
+        summary["pipeline"] = train_pipeline(TOY_PIPELINE) | {"minutes": (time.time() - t0) / 60}
+        (TOY_PIPELINE / "training_summary.json").write_text(json.dumps(summary["pipeline"], indent=2))
     print(json.dumps(summary, indent=2))
 
 

@@ -1,7 +1,8 @@
-"""Train the toy Stable Diffusion pipeline from scratch: a tiny VAE, then UNet + text encoder together.
+"""Train the toy Stable Diffusion pipeline from scratch: a tiny VAE, then the UNet on a frozen text encoder.
 
 Same component classes as SD 1.5 (CLIPTokenizer, CLIPTextModel, UNet2DConditionModel, AutoencoderKL,
-DDIMScheduler), only smaller: 32x32 images, 16x16x4 latents. Saved with ``save_pretrained`` so that
+DDIMScheduler), only smaller: 32x32 images, 16x16x4 latents. As in SD 1.5 the text encoder is a CLIP text
+tower, frozen: the toy CLIP's (train it first). Saved with ``save_pretrained`` so that
 ``StableDiffusionPipeline.from_pretrained(folder)`` loads it exactly as it loads SD 1.5.
 """
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel
 
+from rlhf.paths import TOY_CLIP
+from rlhf.toy.clip_text import clip_text_encoder
 from rlhf.toy.tokenizer import build_clip_tokenizer
 from rlhf.toy.world import IMAGE_SIZE, dataset
 
@@ -31,7 +33,7 @@ class PipelineTrainConfig:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-5
     """small, as in SD's VAE: enough to keep latents bounded, not enough to blur"""
-    unet_steps: int = 3600
+    unet_steps: int = 6000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     warmup_steps: int = 200
@@ -58,20 +60,12 @@ def to_pixels(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def build_models(cfg: PipelineTrainConfig) -> dict:
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=cfg.max_length,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+def build_models(cfg: PipelineTrainConfig, clip_dir: Path = TOY_CLIP) -> dict:
+    import open_clip
+
+    if not (clip_dir / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"no toy CLIP at {clip_dir}: run `python -m rlhf.toy.train clip` first")
+    text_encoder = clip_text_encoder(open_clip.create_model(f"local-dir:{clip_dir}"))
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 2,
         in_channels=4,
@@ -81,7 +75,7 @@ def build_models(cfg: PipelineTrainConfig) -> dict:
         # attention only at 8x8: self-attention over 16x16 = 256 tokens would cost 2.4x the step time
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
+        cross_attention_dim=text_encoder.config.hidden_size,
         attention_head_dim=8,
         norm_num_groups=16,
     )
@@ -138,26 +132,30 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 512) -
 
 def train_unet(models: dict, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str],
                cfg: PipelineTrainConfig, gen: torch.Generator) -> float:
-    """Standard epsilon-prediction diffusion loss; the text encoder learns with the UNet. Returns the final loss."""
-    unet, text_encoder, tokenizer = models["unet"], models["text_encoder"], models["tokenizer"]
+    """Standard epsilon-prediction diffusion loss on the frozen text encoder's states. Returns the final loss."""
+    unet, tokenizer = models["unet"], models["tokenizer"]
     scale = models["vae"].config.scaling_factor
     noise_sched = DDPMScheduler.from_config(SCHEDULER_CONFIG)
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=cfg.max_length, return_tensors="pt").input_ids
-    empty = tokenizer([""], padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    distinct = sorted(set(captions)) + [""]  # "" last: the unconditional branch for classifier-free guidance
+    row = {c: i for i, c in enumerate(distinct)}
+    which = torch.tensor([row[c] for c in captions])
+    with torch.no_grad():  # frozen, so each distinct caption is encoded once
+        ids = tokenizer(distinct, padding="max_length", truncation=True, max_length=cfg.max_length, return_tensors="pt").input_ids
+        states = models["text_encoder"](ids)[0]
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.unet_steps))
     mean, std = latents
     ema = None
-    for _ in (bar := tqdm(range(cfg.unet_steps), desc="unet+text")):
+    for _ in (bar := tqdm(range(cfg.unet_steps), desc="unet")):
         idx = torch.randint(len(mean), (cfg.unet_batch,), generator=gen)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale  # (B, 4, 16, 16)
-        tok = ids[idx].clone()
-        tok[torch.rand(len(idx), generator=gen) < cfg.caption_dropout] = empty
+        cond = which[idx].clone()
+        cond[torch.rand(len(idx), generator=gen) < cfg.caption_dropout] = len(distinct) - 1
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
         zt = noise_sched.add_noise(z0, noise, t)
-        pred = unet(zt, t, encoder_hidden_states=text_encoder(tok)[0]).sample
+        pred = unet(zt, t, encoder_hidden_states=states[cond]).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
