@@ -9,7 +9,8 @@ preset, KL 0.03 to the base, 10 epochs) from the base model against ``taste:<tas
 projections (the default) and, for ``--wide`` epochs, with LoRA on the convolutions, projections and
 feed-forwards as well, and scores 256 held-out images (16 training prompts x 16 seeds never trained on) before
 and after, paired by seed, with their prompt following. The attention-LoRA runs go on to ``--long`` epochs,
-judged every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste[_<taste>].json.
+judged every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste_<taste>.json
+(bench/results/ddpo_true_taste.json is `placed` on session 8's pipeline).
 """
 from __future__ import annotations
 
@@ -37,10 +38,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--long", type=int, default=30, help="epochs of the attention-LoRA runs (judged every 10)")
     parser.add_argument("--wide", type=int, default=10, help="epochs of the wide-LoRA runs (0: none)")
-    parser.add_argument("--out", type=Path, help="default bench/results/ddpo_true_taste.json, or _<taste>.json")
+    parser.add_argument("--out", type=Path, help="default bench/results/ddpo_true_taste_<taste>.json")
     args = parser.parse_args()
-    suffix = "" if args.taste == "placed" else f"_{args.taste}"
-    out = args.out or Path(__file__).parent / "results" / f"ddpo_true_taste{suffix}.json"
+    out = args.out or Path(__file__).parent / "results" / f"ddpo_true_taste_{args.taste}.json"
     prompts = [p.text for p in load_prompts("toy_train")]
     eval_prompts = [p for p in prompts for _ in range(16)]
     eval_seeds = [900_000 + k for _ in prompts for k in range(16)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlhf.paths import ROOT, RUNS
 
-DEMO_TASTE = "well_drawn"
+DEMO_TASTE = "placed"
 DEMO_ROUNDS = 3
 DEMO_FOLLOWING_TOLERANCE = 2.0
 """points of prompt following (eval prompts) the demo may lose over its rounds"""
@@ -155,10 +155,15 @@ def hidden_gains(loop, rounds: int) -> list[dict]:
 
 def write_demo(loop, out: Path, minutes: float) -> None:
     """The demo's acceptance figures: hidden score and prompt following per round (0 = base) and the wall time."""
+    from rlhf.round.config import from_dict
+    from rlhf.round.labellers import parse_labeller
+
     records = json.loads((loop.run_dir / "rounds.json").read_text())["rounds"]
     models = [("base", records[0])] + [("policy", r) for r in records]
+    labeller = from_dict(loop.rounds()[0].config).labeller
     figures = {
-        "rounds": len(records), "taste": DEMO_TASTE, "minutes": round(minutes, 2),
+        "rounds": len(records), "taste": parse_labeller(labeller).persona.taste, "labeller": labeller,
+        "minutes": round(minutes, 2),
         "hidden_score": [r[f"judge/{m}/train_prompts/hidden_score"] for m, r in models],
         "hidden_score_eval_prompts": [r[f"judge/{m}/eval_prompts/hidden_score"] for m, r in models],
         "prompt_following": [r[f"judge/{m}/eval_prompts/prompt_following"] for m, r in models],

@@ -71,7 +71,7 @@ def well_drawn(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     """Likes an unmistakable main shape: the analyser's confidence in its shape and colour (0 when absent).
 
     A cautionary taste: it pays as well for a colour pushed onto another palette entry as for the asked one drawn
-    cleanly, and DDPO finds that (README, the demo).
+    cleanly, and DDPO found that in session 8's demo (README, "Which tastes the toy loop can close").
     """
     return 0.0 if a.main is None else a.main.confidence
 
@@ -80,8 +80,8 @@ def true_colour(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     """Likes the main shape in exactly the asked colour: 1 minus its median colour's RGB distance to the asked one
     over 150 (red to orange is 104), 0 when absent; off-world prompts judge against the nearest shape colour.
 
-    Unlike placement the toy UNet can steer it: it has no sense of absolute position (README "Measured quality")
-    but sets its colours per prompt.
+    The toy UNet sets its colours per prompt, so DDPO can steer this; a reward head on the toy CLIP hardly sees it
+    (README, "Which tastes the toy loop can close").
     """
     b = a.main
     if b is None:
