@@ -29,6 +29,7 @@ Every worker runs with one torch thread and nice 10 (see ``THREADS``). Writes be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -105,13 +106,19 @@ def evaluate(pipe, unet, reward, prompts: list[str], num_steps: int, guidance_sc
 
 
 class Engine:
-    """One engine behind a common face: ``epoch()`` trains one epoch, ``score()`` evaluates the policy."""
+    """One engine behind a common face: ``epoch()`` trains one epoch, ``score()`` evaluates the policy.
 
-    def __init__(self, setting: dict, reward_spec: str, prompts: list[str]):
-        self.setting, self.prompts = setting, prompts
+    A job may name another ``pipeline`` folder and a ``mixed_precision`` (bench/ddpo_gpu.py: SD 1.5 on a GPU)."""
+
+    def __init__(self, job: dict, prompts: list[str]):
+        import torch
+
         from rlhf.ddpo.rewards import make_reward
 
-        self.reward = make_reward(reward_spec)
+        self.setting, self.prompts = job["setting"], prompts
+        self.pipeline, self.precision = job.get("pipeline", str(PIPELINE)), job.get("mixed_precision", "no")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.reward = make_reward(job["reward"])
 
     def score(self) -> float:
         return evaluate(self.pipe, self.pipe.unet, self.reward, self.prompts, EPOCH["num_steps"],
@@ -119,14 +126,15 @@ class Engine:
 
 
 class Ours(Engine):
-    def __init__(self, setting, reward_spec, prompts, run_dir):
-        super().__init__(setting, reward_spec, prompts)
+    def __init__(self, job, prompts, run_dir):
+        super().__init__(job, prompts)
         from rlhf.ddpo.config import PRESETS
         from rlhf.ddpo.trainer import DDPOTrainer
         from rlhf.models import load_pipeline
 
-        cfg = PRESETS["toy"].replace(prompts=prompts, num_batches_per_epoch=1, lora_rank=4, **(EPOCH | setting))
-        self.pipe = load_pipeline(PIPELINE)
+        cfg = PRESETS["toy"].replace(prompts=prompts, num_batches_per_epoch=1, lora_rank=4,
+                                     mixed_precision=self.precision, **(EPOCH | self.setting))
+        self.pipe = load_pipeline(self.pipeline)
         self.trainer = DDPOTrainer(self.pipe, self.reward, cfg, run_dir)
 
     def epoch(self) -> None:
@@ -134,15 +142,16 @@ class Ours(Engine):
 
 
 class Trl(Engine):
-    def __init__(self, setting, reward_spec, prompts, run_dir):
-        super().__init__(setting, reward_spec, prompts)
+    def __init__(self, job, prompts, run_dir):
+        super().__init__(job, prompts)
         import numpy as np
         import torch
         from accelerate import PartialState
         from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
+        setting = self.setting
         cfg = DDPOConfig(
-            num_epochs=10**6, save_freq=10**6, seed=EPOCH["seed"], mixed_precision="no", log_with=None,
+            num_epochs=10**6, save_freq=10**6, seed=EPOCH["seed"], mixed_precision=self.precision, log_with=None,
             logdir=str(run_dir), project_kwargs={"project_dir": str(run_dir), "automatic_checkpoint_naming": True},
             sample_num_steps=EPOCH["num_steps"], sample_eta=EPOCH["eta"], sample_guidance_scale=EPOCH["guidance_scale"],
             sample_batch_size=EPOCH["sample_batch_size"], sample_num_batches_per_epoch=1,
@@ -152,7 +161,7 @@ class Trl(Engine):
             per_prompt_stat_tracking_min_count=EPOCH["stat_min_count"],
         )
         PartialState()  # trl logs warnings through accelerate before it makes its Accelerator
-        self.ddpo_pipe = DefaultDDPOStableDiffusionPipeline(str(PIPELINE), use_lora=setting["use_lora"])
+        self.ddpo_pipe = DefaultDDPOStableDiffusionPipeline(self.pipeline, use_lora=setting["use_lora"])
         self.pipe = self.ddpo_pipe.sd_pipeline
         self.pipe.set_progress_bar_config(disable=True)
         # trl asks its prompt function for one prompt per sample: repeat each draw samples_per_prompt times
@@ -179,23 +188,26 @@ class Trl(Engine):
 class Bare(Engine):
     """The same epoch's UNet/VAE compute with no bookkeeping: fixed prompts, no rewards, no advantages, no logging."""
 
-    def __init__(self, setting, reward_spec, prompts, run_dir, stacked: bool = True):
-        super().__init__(setting, reward_spec, prompts)
+    def __init__(self, job, prompts, run_dir, stacked: bool = True):
+        super().__init__(job, prompts)
         import torch
         from peft import LoraConfig
 
         from rlhf.models import load_pipeline
 
         self.stacked = stacked
-        self.pipe = pipe = load_pipeline(PIPELINE)
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        self.pipe = pipe = load_pipeline(self.pipeline, dtype=self.dtype, device=self.device)
         for part in (pipe.vae, pipe.text_encoder, pipe.unet):
             part.requires_grad_(False)
         pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
                                          target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
         self.params = [p for p in pipe.unet.parameters() if p.requires_grad]
+        for p in self.params:  # fp32 trainable weights under autocast, as both engines keep them
+            p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=1e-4)
         with torch.inference_mode():
-            emb, neg = pipe.encode_prompt(prompts[: EPOCH["sample_batch_size"]], "cpu", 1, True,
+            emb, neg = pipe.encode_prompt(prompts[: EPOCH["sample_batch_size"]], self.device, 1, True,
                                           negative_prompt=[""] * EPOCH["sample_batch_size"])
         self.cond = torch.cat([neg, emb]).clone()  # (2B, L, D)
         pipe.scheduler.set_timesteps(EPOCH["num_steps"])
@@ -205,15 +217,16 @@ class Bare(Engine):
 
         pipe, unet, B, T = self.pipe, self.pipe.unet, EPOCH["sample_batch_size"], EPOCH["num_steps"]
         c, s, g = unet.config.in_channels, unet.config.sample_size, EPOCH["guidance_scale"]
+        autocast = torch.autocast(self.device.type, self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
         unet.eval()
-        with torch.inference_mode():
-            x = torch.randn(B, c, s, s)
+        with torch.inference_mode(), autocast:
+            x = torch.randn(B, c, s, s, device=self.device, dtype=self.dtype)
             xs = [x]
             for t in pipe.scheduler.timesteps:
                 u, k = unet(torch.cat([x, x]), t, encoder_hidden_states=self.cond).sample.chunk(2)
                 x = x - 0.05 * (u + g * (k - u)) + 0.05 * torch.randn_like(x)
                 xs.append(x)
-            pipe.vae.decode(x / pipe.vae.config.scaling_factor)
+            pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample.float().cpu()
         lat = torch.stack(xs, 1).clone()  # (B, T+1, c, s, s)
         unet.train()
         tb = EPOCH["train_batch_size"]
@@ -226,8 +239,9 @@ class Bare(Engine):
                 xj = xb[:, js].flatten(0, 1)
                 tj = ts[js].repeat(tb)
                 e_neg, e_pos = nb.repeat_interleave(len(js), 0), pb.repeat_interleave(len(js), 0)
-                u, k = unet(torch.cat([xj, xj]), torch.cat([tj, tj]),
-                            encoder_hidden_states=torch.cat([e_neg, e_pos])).sample.chunk(2)
+                with autocast:
+                    u, k = unet(torch.cat([xj, xj]), torch.cat([tj, tj]).to(self.device),
+                                encoder_hidden_states=torch.cat([e_neg, e_pos])).sample.float().chunk(2)
                 ((u + g * (k - u)) ** 2).mean().backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
@@ -241,20 +255,26 @@ def worker(job: dict) -> dict:
     """Runs inside a subprocess: one engine, one job ('timing' or 'reward')."""
     import torch
 
+    cuda = torch.cuda.is_available()
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    EPOCH["seed"] = job.get("seed", EPOCH["seed"])
+    EPOCH.update(job.get("epoch", {}), seed=job.get("seed", EPOCH["seed"]))
     prompts = load_prompts()
     with tempfile.TemporaryDirectory(prefix="ddpo-vs-trl-") as run_dir:
         t0 = time.perf_counter()
-        engine = ENGINES[job["engine"]](job["setting"], job["reward"], prompts, run_dir)
+        engine = ENGINES[job["engine"]](job, prompts, run_dir)
         out = {"engine": job["engine"], "load_s": time.perf_counter() - t0, "rss_after_load_kib": rss_kib(),
                "torch_threads": torch.get_num_threads()}
+        if cuda:
+            out["cuda_after_load_mib"] = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
         if job["kind"] == "timing":
             times, cpu = [], []
             for _ in range(job["warmup"] + job["epochs"]):
                 t, c = time.perf_counter(), time.process_time()
                 engine.epoch()
+                if cuda:
+                    torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
             out["epoch_s"], out["epoch_cpu_s"] = times[job["warmup"]:], cpu[job["warmup"]:]
@@ -275,13 +295,16 @@ def worker(job: dict) -> dict:
                         break
             out["curve"] = curve
         out["peak_rss_kib"] = peak_rss_kib()
+        if cuda:
+            out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
 # --------------------------------------------------------------------------- driver (project venv)
 def run_job(job: dict) -> dict:
-    python = str(TRL_PYTHON) if job["engine"] == "trl" else sys.executable
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    python = str(TRL_PYTHON) if job["engine"] == "trl" and TRL_PYTHON.exists() else sys.executable
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                         "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     cmd = ["nice", "-n", "10", python, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
     t0 = time.perf_counter()
