@@ -200,10 +200,10 @@ class Bare(Engine):
         import torch
         from peft import LoraConfig
 
-        from rlhf.models import load_pipeline
+        from rlhf.models import load_pipeline, precision_dtype
 
         self.stacked = stacked
-        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        self.dtype = precision_dtype(self.precision)
         self.pipe = pipe = load_pipeline(self.pipeline, dtype=self.dtype, device=self.device)
         for part in (pipe.vae, pipe.text_encoder, pipe.unet):
             part.requires_grad_(False)

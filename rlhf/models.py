@@ -29,6 +29,11 @@ def _offline_hint(source: str) -> str:
     return "check the hub id or pass a local folder saved with save_pretrained"
 
 
+def precision_dtype(mixed_precision: str) -> torch.dtype:
+    """The weight dtype of a mixed-precision setting: 'fp16', 'bf16', or float32 for 'no'."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
 def load_pipeline(source: str | Path = TOY_PIPELINE, *, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu"):
     """Any diffusers text-to-image pipeline, from a folder saved with ``save_pretrained`` or a hub id."""

@@ -31,6 +31,7 @@ from rlhf.ddpo.rewards import Reward, check_finite
 from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
 from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
+from rlhf.models import precision_dtype
 
 
 class CheckpointError(RuntimeError):
@@ -71,7 +72,7 @@ class DDPOTrainer:
     # ----------------------------------------------------------------- set-up
     def _prepare_models(self) -> None:
         cfg, pipe = self.cfg, self.pipe
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        weight_dtype = precision_dtype(self.accelerator.mixed_precision)
         for part in (pipe.vae, pipe.text_encoder, pipe.unet):
             part.requires_grad_(False)
             if weight_dtype != torch.float32:

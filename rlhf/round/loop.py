@@ -37,7 +37,7 @@ from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
 from rlhf.ddpo.rewards import Aesthetic, ClipScore
 from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
 from rlhf.faults import crashpoint
-from rlhf.models import load_clip, load_pipeline
+from rlhf.models import load_clip, load_pipeline, precision_dtype
 from rlhf.prompts import load_prompts
 from rlhf.round import evaluate, report
 from rlhf.round.config import RoundConfig, from_dict
@@ -178,7 +178,7 @@ class Loop:
             return self._policy[1]
         self._policy = None  # free the previous pipeline before loading the next
         device = self.state.device
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32) if device.type == "cuda" else torch.float32
+        dtype = precision_dtype(cfg.mixed_precision) if device.type == "cuda" else torch.float32
         pipe = load_pipeline(cfg.pipeline, dtype=dtype, device=device)
         checkpoint = self.policy_checkpoint(round_id)
         if checkpoint is not None:
