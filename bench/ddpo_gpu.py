@@ -67,6 +67,11 @@ def build_sd15(folder: Path, width: float = 1.0, latent_size: int = 64) -> Path:
     return folder
 
 
+def peak_mib(run: dict) -> float:
+    """GPU memory (``max_memory_allocated``) on a GPU, the process's peak RSS on the CPU."""
+    return run.get("peak_cuda_mib", run["peak_rss_kib"] / 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tenth of the width; prints only")
@@ -88,9 +93,9 @@ def main() -> None:
                                         epochs=args.epochs, pipeline=folder, epoch=EPOCH,
                                         mixed_precision="no" if args.tiny else "fp16"))
             log(f"{engine:<18} epochs {[round(t, 2) for t in runs[engine]['epoch_s']]} s, "
-                f"peak GPU memory {runs[engine].get('peak_cuda_mib', 0):.0f} MiB")
+                f"peak memory {peak_mib(runs[engine]):.0f} MiB")
     med = {e: statistics.median(r["epoch_s"]) for e, r in runs.items()}
-    peak = {e: r.get("peak_cuda_mib", r["peak_rss_kib"] / 1024) for e, r in runs.items()}
+    peak = {e: peak_mib(r) for e, r in runs.items()}
     result = {
         "what": "one DDPO epoch of the SD 1.5 architecture (random weights, 512x512, fp16 autocast, fp32 LoRA r4) "
                 "on one GPU; see bench/ddpo_gpu.py",
