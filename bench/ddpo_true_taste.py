@@ -3,13 +3,13 @@
     python bench/ddpo_true_taste.py [--taste placed] [--seeds 1 2] [--long 30] [--wide 10]   # 27 min on 2 cores
     python bench/ddpo_true_taste.py --taste true_colour --seeds 1 2 --long 10 --wide 0      # 7 min
 
-The rounds demo asks each round's DDPO to raise a hidden taste's score from a learned model of it; a round
-cannot be expected to gain more than DDPO gains from the true taste. This trains the demo's DDPO settings (toy
-preset, KL 0.03 to the base, 10 epochs) from the base model against ``taste:<taste>`` with LoRA on the attention
-projections (the default) and, for ``--wide`` epochs, with LoRA on the convolutions, projections and
-feed-forwards as well, and scores 256 held-out images (16 training prompts x 16 seeds never trained on) before
-and after, paired by seed, with their prompt following. The attention-LoRA runs go on to ``--long`` epochs,
-judged every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste_<taste>.json
+The rounds demo asks each round's DDPO to raise a hidden taste's score from a learned model of it; a round cannot
+be expected to gain more than DDPO gains from the true taste. This trains the rounds' DDPO settings (toy preset, KL
+0.03 to the base, the state baseline, 10 epochs) from the base model against ``taste:<taste>`` with LoRA on the
+attention projections (the default) and, for ``--wide`` epochs, with LoRA on the convolutions, projections and
+feed-forwards as well, and scores the rounds' 256 held-out images (16 training prompts x 16 eval seeds) before and
+after, paired by seed, with their prompt following. The attention-LoRA runs go on to ``--long`` epochs, judged
+every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste_<taste>.json
 (bench/results/ddpo_true_taste.json is `placed` on session 8's pipeline).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rlhf.ddpo.trainer import DDPOTrainer
 from rlhf.models import load_pipeline
 from rlhf.prompts import load_prompts
 from rlhf.round import evaluate
+from rlhf.round.config import RoundConfig
 from rlhf.toy.tastes import TASTES
 
 ATTENTION = PRESETS["toy"].lora_targets
@@ -42,10 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(__file__).parent / "results" / f"ddpo_true_taste_{args.taste}.json"
     prompts = [p.text for p in load_prompts("toy_train")]
-    eval_prompts = [p for p in prompts for _ in range(16)]
-    eval_seeds = [900_000 + k for _ in prompts for k in range(16)]
+    eval_prompts, eval_seeds = evaluate.EvalSet("train_prompts", prompts, 16).jobs()  # the rounds' held-out seeds
     taste = TASTES[args.taste]
-    cfg = PRESETS["toy"].replace(prompts=prompts, kl_coef=0.03)
+    cfg = PRESETS["toy"].replace(prompts=prompts, **RoundConfig().ddpo)  # the rounds' KL 0.03 and state baseline
 
     def judge(pipe, unet):
         """The taste's score of each held-out image, and the eval set's prompt following."""
@@ -75,7 +75,7 @@ def main() -> None:
                                  round(100 * (following - following_before), 2), "seconds": round(seconds)})
                     print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps({
-        "what": f"toy preset, KL 0.03, from the base against taste:{args.taste} itself; gain in {args.taste} on 256 "
+        "what": f"toy preset, KL 0.03, state baseline, from the base against taste:{args.taste} itself; gain in {args.taste} on 256 "
                 "held-out images paired by seed (16 training prompts x 16 seeds); see bench/ddpo_true_taste.py",
         "before": round(float(before.mean()), 4), "prompt_following_before": round(following_before, 4),
         "rows": rows}, indent=2) + "\n")

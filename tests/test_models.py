@@ -6,7 +6,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from rlhf.models import ModelLoadError, load_clip, load_pipeline
 from rlhf.paths import TOY_CLIP, TOY_PIPELINE
-from rlhf.toy.quality import following_rates, sample
+from rlhf.toy.quality import following_rates, position_response, sample
 from rlhf.toy.world import parse_caption, toy_prompts
 
 
@@ -36,6 +36,13 @@ def test_toy_pipeline_follows_shape_and_colour_better_than_chance(pipe):
     scenes = [parse_caption(p) for p in prompts]
     got = following_rates(images, scenes)
     assert got["colour"] > 1 / 6 + 0.15 and got["shape"] > 1 / 3 + 0.1, got
+
+
+def test_toy_pipeline_puts_a_shape_where_the_prompt_names(pipe):
+    """On the same seeds, "on the left" and "on the right" (and top and bottom) must land most of the drawings' 15 px
+    apart: the epsilon-prediction UNet that v-prediction replaced put them 1.1 px apart (README, "Measured quality")."""
+    r = position_response(pipe, seeds=(0, 1), steps=10)
+    assert r["left_right_gap_px"] > 10 and r["top_bottom_gap_px"] > 10, r
 
 
 def test_shipped_weights_fit_the_size_budget():

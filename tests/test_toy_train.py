@@ -12,6 +12,7 @@ def test_pipeline_training_saves_a_loadable_pipeline(tmp_path):
     summary = train_pipeline(tmp_path / "sd", cfg)
     assert set(summary) == {"vae_mse", "vae_scaling_factor", "unet_loss"} and summary["vae_scaling_factor"] > 0
     pipe = load_pipeline(tmp_path / "sd")
+    assert pipe.scheduler.config.prediction_type == cfg.prediction_type == "v_prediction"  # sampled as it was trained
     image = pipe(["a small red circle on a white background"], num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
