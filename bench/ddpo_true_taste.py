@@ -75,8 +75,9 @@ def main() -> None:
                                  round(100 * (following - following_before), 2), "seconds": round(seconds)})
                     print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps({
-        "what": f"toy preset, KL 0.03, state baseline, from the base against taste:{args.taste} itself; gain in {args.taste} on 256 "
-                "held-out images paired by seed (16 training prompts x 16 seeds); see bench/ddpo_true_taste.py",
+        "what": f"toy preset, KL 0.03, state baseline, from the base against taste:{args.taste} itself; gain in "
+                f"{args.taste} on the rounds' 256 held-out images paired by seed (16 training prompts x 16 eval seeds); "
+                "see bench/ddpo_true_taste.py",
         "before": round(float(before.mean()), 4), "prompt_following_before": round(following_before, 4),
         "rows": rows}, indent=2) + "\n")
 
