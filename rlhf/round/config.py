@@ -64,7 +64,8 @@ class RoundConfig:
     """the first N prompts of eval_prompts (0: all)"""
     eval_seeds: int = 16
     """fixed held-out seeds per training prompt; the demo's per-round change in the hidden score has a paired se of
-    about 0.08 / sqrt(prompts x seeds), ~0.005 here, as large as a round's gain (README)"""
+    about 0.05 / sqrt(prompts x seeds), ~0.0033 here (0.005 on the noise-predicting UNet), as large as a round's gain
+    (README)"""
     eval_prompt_seeds: int = 4
     """fixed seeds per eval prompt (generalisation and prompt following)"""
     aesthetic_weights: str | None = None
