@@ -1,5 +1,6 @@
 """The retraining commands at miniature sizes: they produce models that load the way the shipped ones do."""
 import numpy as np
+import pytest
 
 from rlhf.models import load_clip, load_pipeline
 from rlhf.toy.train_clip import ClipTrainConfig, describe, train_clip, where
@@ -15,6 +16,11 @@ def test_pipeline_training_saves_a_loadable_pipeline(tmp_path):
     assert pipe.scheduler.config.prediction_type == cfg.prediction_type == "v_prediction"  # sampled as it was trained
     image = pipe(["a small red circle on a white background"], num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+def test_unknown_prediction_type_is_refused_before_training():
+    with pytest.raises(ValueError, match="prediction_type='sample'; use 'epsilon' or 'v_prediction'"):
+        PipelineTrainConfig(prediction_type="sample")
 
 
 def test_clip_training_saves_an_open_clip_folder(tmp_path):

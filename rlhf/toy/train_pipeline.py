@@ -47,6 +47,10 @@ class PipelineTrainConfig:
     decided; the v loss weighs it about 1 there. Trained with v, the shipped UNet puts "on the left" and "on the
     right" 15.3 px apart; trained with epsilon, it put them 1.1 px apart (README, "Measured quality")"""
 
+    def __post_init__(self) -> None:  # before the drawings and the VAE cost minutes
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type={self.prediction_type!r}; use 'epsilon' or 'v_prediction'")
+
 
 SCHEDULER_CONFIG = dict(  # SD 1.5's noise schedule
     num_train_timesteps=1000,
@@ -138,8 +142,6 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 512) -
 def train_unet(models: dict, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str],
                cfg: PipelineTrainConfig, gen: torch.Generator) -> float:
     """Standard diffusion loss (epsilon or v target) on the frozen text encoder's states. Returns the final loss."""
-    if cfg.prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type={cfg.prediction_type!r}; use 'epsilon' or 'v_prediction'")
     unet, tokenizer = models["unet"], models["tokenizer"]
     scale = models["vae"].config.scaling_factor
     noise_sched = DDPMScheduler.from_config(SCHEDULER_CONFIG, prediction_type=cfg.prediction_type)
