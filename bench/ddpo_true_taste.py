@@ -24,7 +24,6 @@ from rlhf.ddpo.config import PRESETS
 from rlhf.ddpo.rewards import TasteReward
 from rlhf.ddpo.trainer import DDPOTrainer
 from rlhf.models import load_pipeline
-from rlhf.prompts import load_prompts
 from rlhf.round import evaluate
 from rlhf.round.config import RoundConfig
 from rlhf.toy.tastes import TASTES
@@ -42,10 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default bench/results/ddpo_true_taste_<taste>.json")
     args = parser.parse_args()
     out = args.out or Path(__file__).parent / "results" / f"ddpo_true_taste_{args.taste}.json"
-    prompts = [p.text for p in load_prompts("toy_train")]
-    eval_prompts, eval_seeds = evaluate.EvalSet("train_prompts", prompts, 16).jobs()  # the rounds' held-out seeds
+    cfg = RoundConfig().ddpo_config()  # the rounds' DDPO on toy_train: KL 0.03 and the state baseline
+    eval_prompts, eval_seeds = evaluate.EvalSet("train_prompts", cfg.prompts, 16).jobs()  # the rounds' held-out seeds
     taste = TASTES[args.taste]
-    cfg = PRESETS["toy"].replace(prompts=prompts, **RoundConfig().ddpo)  # the rounds' KL 0.03 and state baseline
 
     def judge(pipe, unet):
         """The taste's score of each held-out image, and the eval set's prompt following."""

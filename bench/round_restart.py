@@ -63,7 +63,7 @@ def main() -> None:
 
     rows = [row(f"round {k} (demo)", loop.eval_images(k, cfg, eval_set)) for k in range(r - 1, r + 1)]
     for overrides in json.loads(args.settings):
-        ddpo = loop.ddpo_config(cfg, r).replace(**overrides, save_every=0)
+        ddpo = cfg.ddpo_config(r).replace(**overrides, save_every=0)
         with tempfile.TemporaryDirectory() as run:
             trainer = DDPOTrainer(load_pipeline(cfg.pipeline), reward_model, ddpo, run)
             trainer.load_policy(loop.policy_checkpoint(r - 1))

@@ -167,14 +167,12 @@ def test_rounds_ddpo_raises_a_simple_reward_on_held_out_seeds(tmp_path):
     bench/ddpo_true_taste.py runs it: 10 epochs of 64 trajectories, judged on the rounds' 256 held-out images of
     the training prompts, paired by seed. Seeds 1 and 2 gained +0.0047 +- 0.0006 and +0.0080 +- 0.0009 (bench/results/
     ddpo_true_taste_red.json); the margin asked is 0.0025 at seed 1."""
-    from rlhf.prompts import load_prompts
     from rlhf.round.config import RoundConfig
     from rlhf.round.evaluate import EvalSet, draw
     from rlhf.toy.tastes import TASTES
 
-    prompts = [p.text for p in load_prompts("toy_train")]
-    cfg = PRESETS["toy"].replace(prompts=prompts, **RoundConfig().ddpo, seed=1)
-    eval_prompts, eval_seeds = EvalSet("train_prompts", prompts, 16).jobs()
+    cfg = RoundConfig().ddpo_config().replace(seed=1)
+    eval_prompts, eval_seeds = EvalSet("train_prompts", cfg.prompts, 16).jobs()
 
     def red(pipe, unet) -> float:
         images = draw(pipe, unet, eval_prompts, eval_seeds, num_steps=cfg.num_steps, eta=cfg.eta, guidance_scale=cfg.guidance_scale)

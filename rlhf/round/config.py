@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.ddpo.config import PRESETS as DDPO_PRESETS
+from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
 from rlhf.paths import TOY_CLIP, TOY_PIPELINE
+from rlhf.prompts import load_prompts
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,14 @@ class RoundConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def ddpo_config(self, round_id: int = 0) -> DDPOConfig:
+        """The DDPO settings of round ``round_id``: the preset, this config's overrides, its prompts and precision.
+        Round r trains with the DDPO seed + r: with one seed for all, every round replayed round 1's noise and
+        prompt draws, so the prompts drawn least in round 1 were drawn least in every round."""
+        prompts = [p.text for p in load_prompts(self.prompts)]
+        ddpo = DDPO_PRESETS[self.ddpo_preset].replace(**{"mixed_precision": self.mixed_precision, **self.ddpo, "prompts": prompts})
+        return ddpo.replace(seed=ddpo.seed + round_id)
 
 
 PRESETS: dict[str, RoundConfig] = {

@@ -33,7 +33,6 @@ from reward_models.bradley_terry import targets as choice_targets
 from reward_models.embeddings import EmbeddingCache
 from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, fit_ensemble, train_reward_model
 from reward_models.evaluate import learning_curve, pair_metrics, reliability_diagram
-from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
 from rlhf.ddpo.rewards import Aesthetic, ClipScore
 from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
 from rlhf.faults import crashpoint
@@ -164,13 +163,6 @@ class Loop:
             return None
         return RewardModel.load(folder, self.clip(cfg), lam=cfg.uncertainty_penalty)
 
-    def ddpo_config(self, cfg: RoundConfig, round_id: int = 0) -> DDPOConfig:
-        """Round r trains with the DDPO seed + r: with one seed for all, every round replayed round 1's noise and
-        prompt draws, so the prompts drawn least in round 1 were drawn least in every round."""
-        prompts = [p.text for p in load_prompts(cfg.prompts)]
-        ddpo = DDPO_PRESETS[cfg.ddpo_preset].replace(**{"mixed_precision": cfg.mixed_precision, **cfg.ddpo, "prompts": prompts})
-        return ddpo.replace(seed=ddpo.seed + round_id)
-
     def policy(self, round_id: int, cfg: RoundConfig):
         """The pipeline with the policy that round ``round_id`` ended with (the LoRA loaded into the UNet with
         diffusers' own loader, or the saved UNet of full fine-tuning); the last one is kept for the next call."""
@@ -190,7 +182,7 @@ class Loop:
         return pipe
 
     def draw(self, round_id: int, cfg: RoundConfig, prompts: list[str], seeds: list[int]) -> np.ndarray:
-        ddpo = self.ddpo_config(cfg)
+        ddpo = cfg.ddpo_config()
         pipe = self.policy(round_id, cfg)
         return evaluate.draw(pipe, pipe.unet, prompts, seeds, num_steps=ddpo.num_steps, eta=ddpo.eta,
                              guidance_scale=ddpo.guidance_scale)
@@ -320,7 +312,7 @@ class Loop:
 
     def _ddpo(self, round_id: int, cfg: RoundConfig) -> str:
         """Fine-tune the previous policy against this round's reward model; resumes from the last checkpoint."""
-        ddpo = self.ddpo_config(cfg, round_id)
+        ddpo = cfg.ddpo_config(round_id)
         if ddpo.save_every == 0:
             ddpo = ddpo.replace(save_every=max(1, ddpo.num_epochs // 4))  # a crash costs at most a quarter
         labeller = parse_labeller(cfg.labeller)
