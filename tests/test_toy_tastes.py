@@ -58,6 +58,21 @@ def test_true_colour_wants_exactly_the_asked_colour():
     assert t(exact, "a large red circle on a black background") < 0.35  # red is 104 away
 
 
+def test_true_shape_wants_the_asked_shape_drawn_cleanly():
+    t = get_taste("true_shape")
+    square = _img(Scene("square", "red", "white", "large"))
+    rounded = square.copy()  # the four corner pixels cut: a step from the ideal square towards a circle
+    ys, xs = np.nonzero((square != 245).any(-1))
+    for y in (ys.min(), ys.max()):
+        for x in (xs.min(), xs.max()):
+            rounded[y, x] = 245
+    asked = "a large red square on a white background"
+    assert t(square, asked) > 0.99 and 0.5 < t(rounded, asked) < t(square, asked)
+    assert t(square, "a large red circle on a white background") < 0.5  # nearer a square than a circle
+    assert t(square, "a large red triangle on a white background") < 0.1
+    assert t(np.full_like(square, 245), asked) == 0.0  # no shape at all
+
+
 @pytest.mark.parametrize("name", list(TASTES))
 def test_every_taste_is_finite_on_a_blank_image_and_a_foreign_prompt(name):
     score = get_taste(name)(np.zeros((32, 32, 3), np.uint8), "A red colored car.")

@@ -31,6 +31,7 @@ class Blob:
     area: int
     rgb: tuple[float, float, float]  # mean colour
     confidence: float
+    form: tuple[float, float]  # (fill, taper): what `_shape` reads the shape from
 
 
 @dataclass(frozen=True)
@@ -78,20 +79,25 @@ def _position(x: float, y: float) -> str:
     return min(POSITIONS, key=lambda p: (POSITIONS[p][0] - x) ** 2 + (POSITIONS[p][1] - y) ** 2)
 
 
-def _shape(mask: np.ndarray) -> tuple[str, str, float]:
-    """Shape, size and confidence from one blob's mask, by its bounding-box fill ratio and taper."""
+def shape_distances(form: tuple[float, float]) -> dict[str, float]:
+    """Distance of a blob's (fill, taper) to each ideal shape's; taper counts half, being noisier."""
+    fill, taper = form
+    return {name: float(np.hypot(fill - f, 0.5 * (taper - t))) for name, (f, t) in _SHAPE_FEATURES.items()}
+
+
+def _shape(mask: np.ndarray) -> tuple[str, str, float, tuple[float, float]]:
+    """Shape, size, confidence and (fill, taper) from one blob's mask: its bounding-box fill ratio and taper."""
     ys, xs = np.nonzero(mask)
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     fill = mask.sum() / (h * w)
     rows = mask[ys.min() : ys.max() + 1].sum(axis=1)
     third = max(1, h // 3)
     taper = (rows[-third:].mean() - rows[:third].mean()) / w
-    names = list(_SHAPE_FEATURES)
-    d = np.array([np.hypot(fill - f, 0.5 * (taper - t)) for f, t in _SHAPE_FEATURES.values()])  # taper: noisier
-    i, conf = _margin(d)
+    distances = shape_distances((float(fill), float(taper)))
+    i, conf = _margin(np.array(list(distances.values())))
     side = max(h, w) * IMAGE_SIZE / mask.shape[0]
     size = "small" if side < (SIZES["small"] + SIZES["large"]) / 2 else "large"
-    return names[i], size, conf
+    return list(distances)[i], size, conf, (float(fill), float(taper))
 
 
 def analyse(image: np.ndarray) -> Analysis:
@@ -114,10 +120,11 @@ def analyse(image: np.ndarray) -> Analysis:
             continue
         rgb = np.median(img[mask], axis=0)
         colour, c_conf = nearest_colour(rgb, SHAPE_COLOURS)
-        shape, size, s_conf = _shape(mask)
+        shape, size, s_conf, form = _shape(mask)
         y, x = ndimage.center_of_mass(mask)
         blobs.append(
-            Blob(shape, colour, size, (x + 0.5) * scale, (y + 0.5) * scale, area, tuple(map(float, rgb)), min(c_conf, s_conf))
+            Blob(shape, colour, size, (x + 0.5) * scale, (y + 0.5) * scale, area, tuple(map(float, rgb)), min(c_conf, s_conf),
+                 form)
         )
     blobs.sort(key=lambda b: -b.area)
     confidence = min([bg_conf] + [b.confidence for b in blobs]) if blobs else 0.0

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from rlhf.toy.analyse import Analysis, analyse, follows
+from rlhf.toy.analyse import Analysis, analyse, follows, shape_distances
 from rlhf.toy.world import IMAGE_SIZE, PALETTE, POSITIONS, SIZES, Scene, parse_caption
 
 _MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)
@@ -76,6 +76,23 @@ def well_drawn(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     return 0.0 if a.main is None else a.main.confidence
 
 
+def true_shape(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes the main shape drawn as exactly the asked shape: d_other / (d_asked + d_other) over the analyser's
+    shape features, 1 on the ideal, 0.5 halfway to the nearest other shape, 0 on it and when absent; off-world
+    prompts 0.5.
+
+    Where a shape goes is mostly fixed by the starting noise; how cleanly it is drawn is decided along the way,
+    by the steps DDPO trains (README, "Which tastes the toy loop can close").
+    """
+    if asked is None:
+        return 0.5
+    if a.main is None:
+        return 0.0
+    d = shape_distances(a.main.form)
+    other = min(v for name, v in d.items() if name != asked.shape)
+    return float(other / (d[asked.shape] + other + 1e-9))
+
+
 def true_colour(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     """Likes the main shape in exactly the asked colour: 1 minus its median colour's RGB distance to the asked one
     over 150 (red to orange is 104), 0 when absent; off-world prompts judge against the nearest shape colour.
@@ -128,6 +145,7 @@ TASTES: dict[str, Taste] = {
         Taste("faithful", ((faithful, 1.0),)),
         Taste("well_drawn", ((well_drawn, 1.0),)),
         Taste("true_colour", ((true_colour, 1.0),)),
+        Taste("true_shape", ((true_shape, 1.0),)),
         Taste("bright", ((bright, 1.0),)),
         Taste("red", ((red, 1.0),)),
         Taste("warm_and_faithful", ((large_warm, 0.5), (faithful, 0.5))),
