@@ -434,13 +434,12 @@ def seed_repeats(sweep_results: dict, log) -> dict:
     that a ratio rests on three seeds (the sweep's 42 and these) rather than one. An engine that does not reach the
     target within ``MAX_EPOCHS`` counts as slower than every run that does; the ratio is of the medians over seeds,
     or an upper bound (ours' median over trl's longest training time) when trl's median run never got there."""
-    out = {}
+    out, settings = {}, SWEEP | OURS_ONLY
     for task, target in TASKS.items():
         out[task] = {"target_gain": target}
         medians = {}
         for e in ("ours", "trl"):
             best = sweep_results[task][f"{e}_best"]["setting"]
-            settings = SWEEP | OURS_ONLY
             runs = {"42": sweep_results[task][e][best]} | {
                 str(seed): reward_run(e, settings[best], task, target, MAX_EPOCHS, seed) for seed in SEEDS}
             times = {seed: r["time_to_target_s"] for seed, r in runs.items()}
