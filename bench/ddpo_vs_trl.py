@@ -21,8 +21,8 @@ project on PYTHONPATH for the rewards and the evaluation), so peak memory is per
   reward is the training wall-clock time (evaluation excluded) until the gain over the base model first reaches
   the target. Each engine is judged at its best setting; the ratio is null, with the reason, if an engine never
   reaches the target. The sweep trains with seed 42; the seeds part reruns each engine's best setting with
-  ``SEEDS`` and compares the medians over the three seeds. Ours also runs ``OURS_ONLY``: the sweep's LoRA settings with its
-  per-step state baseline (``x0_baseline``), an engine choice trl does not have.
+  ``SEEDS`` and compares the medians over the three seeds. Ours also runs ``OURS_ONLY``: the sweep's LoRA
+  settings with its per-step state baseline (``x0_baseline``), an engine choice trl does not have.
 * Ablations of our engine's choices (timesteps per forward, per-prompt advantages, samples per prompt, the state
   baseline).
 
@@ -125,13 +125,14 @@ class Engine:
         from rlhf.ddpo.rewards import make_reward
 
         self.setting, self.prompts = job["setting"], prompts
+        self.shape = EPOCH | job.get("epoch", {}) | {"seed": job.get("seed", EPOCH["seed"])}  # this job's epoch shape
         self.pipeline, self.precision = job.get("pipeline", str(PIPELINE)), job.get("mixed_precision", "no")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.reward = make_reward(job["reward"])
 
     def score(self) -> float:
-        return evaluate(self.pipe, self.pipe.unet, self.reward, self.prompts, EPOCH["num_steps"],
-                        EPOCH["guidance_scale"], EPOCH["eta"])
+        return evaluate(self.pipe, self.pipe.unet, self.reward, self.prompts, self.shape["num_steps"],
+                        self.shape["guidance_scale"], self.shape["eta"])
 
 
 class Ours(Engine):
@@ -142,7 +143,7 @@ class Ours(Engine):
         from rlhf.models import load_pipeline
 
         cfg = PRESETS["toy"].replace(prompts=prompts, num_batches_per_epoch=1, lora_rank=4,
-                                     mixed_precision=self.precision, **(EPOCH | self.setting))
+                                     mixed_precision=self.precision, **(self.shape | self.setting))
         self.pipe = load_pipeline(self.pipeline)
         self.trainer = DDPOTrainer(self.pipe, self.reward, cfg, run_dir)
 
@@ -160,21 +161,22 @@ class Trl(Engine):
 
         setting = self.setting
         cfg = DDPOConfig(
-            num_epochs=10**6, save_freq=10**6, seed=EPOCH["seed"], mixed_precision=self.precision, log_with=None,
+            num_epochs=10**6, save_freq=10**6, seed=self.shape["seed"], mixed_precision=self.precision, log_with=None,
             logdir=str(run_dir), project_kwargs={"project_dir": str(run_dir), "automatic_checkpoint_naming": True},
-            sample_num_steps=EPOCH["num_steps"], sample_eta=EPOCH["eta"], sample_guidance_scale=EPOCH["guidance_scale"],
-            sample_batch_size=EPOCH["sample_batch_size"], sample_num_batches_per_epoch=1,
-            train_batch_size=EPOCH["train_batch_size"], train_gradient_accumulation_steps=1,
+            sample_num_steps=self.shape["num_steps"], sample_eta=self.shape["eta"],
+            sample_guidance_scale=self.shape["guidance_scale"],
+            sample_batch_size=self.shape["sample_batch_size"], sample_num_batches_per_epoch=1,
+            train_batch_size=self.shape["train_batch_size"], train_gradient_accumulation_steps=1,
             train_learning_rate=setting["learning_rate"], train_clip_range=setting["clip_range"],
-            per_prompt_stat_tracking=True, per_prompt_stat_tracking_buffer_size=EPOCH["stat_buffer_size"],
-            per_prompt_stat_tracking_min_count=EPOCH["stat_min_count"],
+            per_prompt_stat_tracking=True, per_prompt_stat_tracking_buffer_size=self.shape["stat_buffer_size"],
+            per_prompt_stat_tracking_min_count=self.shape["stat_min_count"],
         )
         PartialState()  # trl logs warnings through accelerate before it makes its Accelerator
         self.ddpo_pipe = DefaultDDPOStableDiffusionPipeline(self.pipeline, use_lora=setting["use_lora"])
         self.pipe = self.ddpo_pipe.sd_pipeline
         self.pipe.set_progress_bar_config(disable=True)
         # trl asks its prompt function for one prompt per sample: repeat each draw samples_per_prompt times
-        rng, queue, k = np.random.default_rng(EPOCH["seed"]), [], setting["samples_per_prompt"]
+        rng, queue, k = np.random.default_rng(self.shape["seed"]), [], setting["samples_per_prompt"]
 
         def prompt_fn():
             if not queue:
@@ -216,16 +218,16 @@ class Bare(Engine):
             p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=1e-4)
         with torch.inference_mode():
-            emb, neg = pipe.encode_prompt(prompts[: EPOCH["sample_batch_size"]], self.device, 1, True,
-                                          negative_prompt=[""] * EPOCH["sample_batch_size"])
+            emb, neg = pipe.encode_prompt(prompts[: self.shape["sample_batch_size"]], self.device, 1, True,
+                                          negative_prompt=[""] * self.shape["sample_batch_size"])
         self.cond = torch.cat([neg, emb]).clone()  # (2B, L, D)
-        pipe.scheduler.set_timesteps(EPOCH["num_steps"])
+        pipe.scheduler.set_timesteps(self.shape["num_steps"])
 
     def epoch(self) -> None:
         import torch
 
-        pipe, unet, B, T = self.pipe, self.pipe.unet, EPOCH["sample_batch_size"], EPOCH["num_steps"]
-        c, s, g = unet.config.in_channels, unet.config.sample_size, EPOCH["guidance_scale"]
+        pipe, unet, B, T = self.pipe, self.pipe.unet, self.shape["sample_batch_size"], self.shape["num_steps"]
+        c, s, g = unet.config.in_channels, unet.config.sample_size, self.shape["guidance_scale"]
         autocast = torch.autocast(self.device.type, self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
         unet.eval()
         with torch.inference_mode(), autocast:
@@ -238,7 +240,7 @@ class Bare(Engine):
             pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample.float().cpu()
         lat = torch.stack(xs, 1).clone()  # (B, T+1, c, s, s)
         unet.train()
-        tb = EPOCH["train_batch_size"]
+        tb = self.shape["train_batch_size"]
         ts = pipe.scheduler.timesteps
         for start in range(0, B, tb):
             xb = lat[start:start + tb, :T]  # (tb, T, c, s, s)
@@ -267,7 +269,6 @@ def worker(job: dict) -> dict:
     cuda = torch.cuda.is_available()
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    EPOCH.update(job.get("epoch", {}), seed=job.get("seed", EPOCH["seed"]))
     prompts = load_prompts()
     with tempfile.TemporaryDirectory(prefix="ddpo-vs-trl-") as run_dir:
         t0 = time.perf_counter()
