@@ -1,11 +1,12 @@
 """Which hidden tastes can the reward model's CLIP features see at all, within one prompt?
 
-    python bench/clip_probe.py                                          # the shipped toy CLIP, 40 s on 2 cores
-    python bench/clip_probe.py --clip path/to/open_clip_folder --out x.json   # a candidate CLIP, before shipping it
+    python bench/clip_probe.py                                       # the shipped toy models, 40 s on 2 cores
+    python bench/clip_probe.py --clip CLIP_FOLDER --out x.json       # a candidate CLIP, before shipping it
+    python bench/clip_probe.py --pipeline SD_FOLDER --out x.json     # a candidate pipeline
 
 A reward model learns only what its frozen CLIP features carry. This asks that of the features directly, with no
-labels and no labeller noise: it draws 48 images of each of the 16 training prompts with the shipped toy pipeline
-(the DDPO sampler), removes each prompt's mean from both the reward model's features (``reward_models.features.phi``)
+labels and no labeller noise: it draws 48 images of each of the 16 training prompts with the toy pipeline (the
+DDPO sampler), removes each prompt's mean from both the reward model's features (``reward_models.features.phi``)
 and each taste's scores, and fits a ridge regression from the one to the other, scored on held-out seeds (4 folds
 of the seeds, every prompt in every fold). The R^2 is the share of a taste's within-prompt variance the features
 explain linearly; near 0, no amount of labels will teach the reward model that taste. Writes
@@ -22,7 +23,7 @@ from sklearn.linear_model import RidgeCV
 
 from reward_models.features import backbone_name, phi
 from rlhf.models import load_clip, load_pipeline
-from rlhf.paths import TOY_CLIP
+from rlhf.paths import TOY_CLIP, TOY_PIPELINE
 from rlhf.prompts import load_prompts
 from rlhf.round.evaluate import draw
 from rlhf.toy.tastes import TASTES
@@ -49,9 +50,10 @@ def probe_r2(features: np.ndarray, target: np.ndarray, folds: np.ndarray) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", default=str(TOY_CLIP), help="open_clip folder (default: the shipped toy CLIP)")
+    parser.add_argument("--pipeline", default=str(TOY_PIPELINE), help="diffusers folder (default: the toy pipeline)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    pipe, clip = load_pipeline(), load_clip(args.clip)
+    pipe, clip = load_pipeline(args.pipeline), load_clip(args.clip)
     prompts = [p.text for p in load_prompts("toy_train")]
     batch = [p for p in prompts for _ in range(PER_PROMPT)]
     seeds = [SEED0 + i * 1000 + k for i in range(len(prompts)) for k in range(PER_PROMPT)]
