@@ -93,11 +93,12 @@ def _shape(mask: np.ndarray) -> tuple[str, str, float, tuple[float, float]]:
     rows = mask[ys.min() : ys.max() + 1].sum(axis=1)
     third = max(1, h // 3)
     taper = (rows[-third:].mean() - rows[:third].mean()) / w
-    distances = shape_distances((float(fill), float(taper)))
+    form = (float(fill), float(taper))
+    distances = shape_distances(form)
     i, conf = _margin(np.array(list(distances.values())))
     side = max(h, w) * IMAGE_SIZE / mask.shape[0]
     size = "small" if side < (SIZES["small"] + SIZES["large"]) / 2 else "large"
-    return list(distances)[i], size, conf, (float(fill), float(taper))
+    return list(distances)[i], size, conf, form
 
 
 def analyse(image: np.ndarray) -> Analysis:
