@@ -15,8 +15,11 @@ from rlhf.paths import TOY_CLIP, TOY_PIPELINE
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", choices=["clip", "pipeline"], default=["clip", "pipeline"])
+    parser.add_argument("what", nargs="*", help="clip, pipeline or both (the default)")
     args = parser.parse_args(argv)
+    if unknown := set(args.what) - {"clip", "pipeline"}:  # not `choices`: argparse checks an empty list against them
+        parser.error(f"unknown model {sorted(unknown)[0]!r}; choose clip, pipeline or both")
+    args.what = args.what or ["clip", "pipeline"]
     summary = {}
     if "clip" in args.what:
         from rlhf.toy.train_clip import train_clip
