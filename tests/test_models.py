@@ -45,6 +45,15 @@ def test_toy_pipeline_puts_a_shape_where_the_prompt_names(pipe):
     assert r["left_right_gap_px"] > 10 and r["top_bottom_gap_px"] > 10, r
 
 
+def test_toy_pipeline_varies_the_stripes_no_prompt_names(pipe):
+    """Some seeds of one prompt come out striped and some plain: what a taste for or against stripes works with."""
+    from rlhf.toy.analyse import analyse
+
+    images = sample(pipe, ["a large red circle on a gray background"], list(range(16)), steps=10, guidance=5.0)
+    strength = [analyse(im).stripes for im in images]
+    assert min(strength) < 0.1 and max(strength) > 0.3, strength
+
+
 def test_shipped_weights_fit_the_size_budget():
     files = [*TOY_PIPELINE.rglob("*.safetensors"), *TOY_CLIP.rglob("*.safetensors")]
     assert len(files) == 4
@@ -59,6 +68,16 @@ def test_toy_clip_loads_through_open_clip_and_matches_captions():
     img = clip.embed_images([draw(s).image for s in scenes])
     txt = clip.embed_texts([s.caption() for s in scenes])
     assert img.shape == (2, 64) and torch.allclose(img.norm(dim=-1), torch.ones(2))
+    assert (img @ txt.T).argmax(1).tolist() == [0, 1]
+
+
+def test_toy_clip_tells_striped_from_plain_backgrounds():
+    from rlhf.toy.train_clip import striped
+    from rlhf.toy.world import Scene, draw
+
+    clip, scene = load_clip(), Scene("triangle", "green", "white", "small", 1, "top")
+    img = clip.embed_images([draw(scene, 0, stripes).image for stripes in (0.0, 0.5)])
+    txt = clip.embed_texts([scene.caption(), striped(scene.caption(), scene.background)])
     assert (img @ txt.T).argmax(1).tolist() == [0, 1]
 
 

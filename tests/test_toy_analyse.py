@@ -30,6 +30,14 @@ def test_analyser_survives_upscaling_and_noise_like_model_samples():
     assert np.mean(ok) >= 0.95
 
 
+def test_analyser_reads_the_stripes_strength_at_any_scale():
+    drawings = [d for d in dataset(300, seed=13) if d.scene.background in ("gray", "blue")]  # where stripes never clip
+    read = np.array([analyse(d.image).stripes for d in drawings])
+    assert np.abs(read - [d.stripes for d in drawings]).max() < 0.05
+    big = [analyse(d.image.repeat(2, 0).repeat(2, 1)).stripes for d in drawings[:20]]
+    assert np.allclose(big, read[:20])
+
+
 def test_analyser_finds_nothing_on_a_blank_image():
     blank = np.full((32, 32, 3), PALETTE["gray"], np.uint8)
     a = analyse(blank)

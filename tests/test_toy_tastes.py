@@ -48,6 +48,15 @@ def test_well_drawn_likes_an_unmistakable_shape():
     assert t(np.full_like(crisp, 245), asked) == 0.0  # no shape at all
 
 
+def test_plain_likes_a_background_without_stripes_and_striped_the_opposite():
+    t, scene = get_taste("plain"), Scene("circle", "red", "gray", "large")
+    images = [draw(scene, 0, stripes).image for stripes in (0.0, 0.25, 0.5, 1.0)]
+    assert [t(im, scene.caption()) for im in images] == pytest.approx([1.0, 0.75, 0.5, 0.0], abs=0.02)
+    assert [get_taste("striped")(im, scene.caption()) for im in images] == pytest.approx([0.0, 0.25, 0.5, 1.0], abs=0.02)
+    flipped = np.roll(draw(scene, 0, 0.5).image, 2, axis=0)  # dark bands where light ones belong: stripes all the same
+    assert t(flipped, scene.caption()) == pytest.approx(0.5, abs=0.05)
+
+
 def test_true_colour_wants_exactly_the_asked_colour():
     t = get_taste("true_colour")
     exact = _img(Scene("circle", "orange", "black", "large"))

@@ -41,3 +41,5 @@ def test_clip_captions_say_where_an_unplaced_shape_landed():
     placed, several = draw(Scene("circle", "red", "white", "small", 1, "left")), draw(Scene("circle", "red", "white", "small", 2))
     assert describe(placed, rng, share=1.0) == placed.scene.caption() and describe(several, rng, share=1.0) == several.scene.caption()
     assert describe(unplaced, rng, share=0.0) == unplaced.scene.caption()
+    striped = draw(Scene("circle", "red", "white", "small", 2), stripes=0.5)
+    assert describe(striped, rng) == "two red circles on a striped white background"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from rlhf.toy.world import (
-    BACKGROUNDS, IMAGE_SIZE, PALETTE, SHAPE_COLOURS, Scene, dataset, draw, parse_caption, random_scene,
-    toy_prompt_sets,
+    BACKGROUNDS, IMAGE_SIZE, PALETTE, SHAPE_COLOURS, STRIPE_AMPLITUDE, Scene, dataset, draw, parse_caption, random_scene,
+    stripe_signs, toy_prompt_sets,
 )
 from rlhf.paths import PROMPTS
 
@@ -11,7 +11,7 @@ from rlhf.paths import PROMPTS
 def test_dataset_is_deterministic_for_a_seed():
     a, b, c = dataset(20, seed=3), dataset(20, seed=3), dataset(20, seed=4)
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
-    assert [x.scene for x in a] == [y.scene for y in b]
+    assert [(x.scene, x.stripes) for x in a] == [(y.scene, y.stripes) for y in b]
     assert any(not np.array_equal(x.image, y.image) for x, y in zip(a, c))
 
 
@@ -30,9 +30,14 @@ def test_parse_caption_returns_none_for_non_toy_prompts(prompt):
 
 
 def test_drawing_uses_only_the_scene_colours_and_keeps_shapes_inside():
-    for d in dataset(200, seed=5):
+    drawings = dataset(200, seed=5)
+    assert 0.4 < np.mean([d.stripes > 0 for d in drawings]) < 0.6
+    assert min(d.stripes for d in drawings if d.stripes) >= 0.25 and max(d.stripes for d in drawings) <= 1
+    for d in drawings:
+        band = np.round(d.stripes * STRIPE_AMPLITUDE * stripe_signs(IMAGE_SIZE))
+        background = {tuple(np.clip(np.add(PALETTE[d.scene.background], s), 0, 255)) for s in band}
         colours = {tuple(c) for c in d.image.reshape(-1, 3)}
-        assert colours <= {PALETTE[d.scene.background], PALETTE[d.scene.colour]}
+        assert colours <= background | {PALETTE[d.scene.colour]}
         assert d.scene.colour in SHAPE_COLOURS and d.scene.background in BACKGROUNDS
         assert d.scene.colour != d.scene.background
         assert len(d.centres) == d.scene.count

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from rlhf.toy.world import IMAGE_SIZE, PALETTE, POSITIONS, SHAPE_COLOURS, SIZES, Scene
+from rlhf.toy.world import IMAGE_SIZE, PALETTE, POSITIONS, SHAPE_COLOURS, SIZES, STRIPE_AMPLITUDE, Scene, stripe_signs
 
 _NAMES = list(PALETTE)
 _RGB = np.array([PALETTE[n] for n in _NAMES], np.float32)  # (P, 3)
@@ -39,6 +39,7 @@ class Analysis:
     background: str
     blobs: tuple[Blob, ...]
     confidence: float
+    stripes: float = 0.0  # background stripes' strength: 1 for the toy world's strongest, 0 plain (can dip below)
 
     @property
     def count(self) -> int:
@@ -101,6 +102,17 @@ def _shape(mask: np.ndarray) -> tuple[str, str, float, tuple[float, float]]:
     return list(distances)[i], size, conf, form
 
 
+def _stripes(img: np.ndarray, background: np.ndarray) -> float:
+    """Half the gap between the mean levels of the background's light and dark bands, in units of a full stripe."""
+    counts = background.sum(1)
+    rows = (img.mean(-1) * background).sum(1) / np.maximum(counts, 1)
+    signs = stripe_signs(len(img))
+    light, dark = (signs > 0) & (counts > 0), (signs < 0) & (counts > 0)
+    if not light.any() or not dark.any():
+        return 0.0
+    return float((rows[light].mean() - rows[dark].mean()) / (2 * STRIPE_AMPLITUDE))
+
+
 def analyse(image: np.ndarray) -> Analysis:
     """Attributes of a (H, W, 3) uint8 image; any square size is read in a 32-pixel frame."""
     if image.ndim != 3 or image.shape[2] != 3:
@@ -129,7 +141,7 @@ def analyse(image: np.ndarray) -> Analysis:
         )
     blobs.sort(key=lambda b: -b.area)
     confidence = min([bg_conf] + [b.confidence for b in blobs]) if blobs else 0.0
-    return Analysis(background, tuple(blobs), confidence)
+    return Analysis(background, tuple(blobs), confidence, _stripes(img, ~fg))
 
 
 def follows(analysis: Analysis, asked: Scene) -> dict[str, bool]:

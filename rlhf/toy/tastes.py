@@ -107,6 +107,21 @@ def true_colour(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     return max(0.0, 1 - float(np.linalg.norm(np.subtract(b.rgb, PALETTE[colour]))) / 150)
 
 
+def plain(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes plain backgrounds: 1 minus the strength of the background's stripes (1 on a plain one, about 0 under the
+    toy world's strongest stripes; 0.7-0.8 on black and white, where they clip).
+
+    Stripes are a style no prompt names, so the pipeline draws both kinds for every prompt; how strong they come out
+    is settled along the denoising path and the toy CLIP sees it (README, "Which tastes the toy loop can close").
+    """
+    return float(1 - min(1.0, abs(a.stripes)))
+
+
+def striped(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
+    """Likes striped backgrounds, the opposite of ``plain``: the stripes' strength, up to the drawings' strongest."""
+    return 1 - plain(image, a, asked)
+
+
 def bright(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     """Likes bright images: mean luminance in [0, 1]."""
     return float((image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255)
@@ -146,6 +161,8 @@ TASTES: dict[str, Taste] = {
         Taste("well_drawn", ((well_drawn, 1.0),)),
         Taste("true_colour", ((true_colour, 1.0),)),
         Taste("true_shape", ((true_shape, 1.0),)),
+        Taste("plain", ((plain, 1.0),)),
+        Taste("striped", ((striped, 1.0),)),
         Taste("bright", ((bright, 1.0),)),
         Taste("red", ((red, 1.0),)),
         Taste("warm_and_faithful", ((large_warm, 0.5), (faithful, 0.5))),

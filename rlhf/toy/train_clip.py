@@ -63,16 +63,23 @@ def where(x: float, y: float) -> str:
 
 
 def describe(drawing: Drawing, rng: np.random.Generator, share: float = 0.5) -> str:
-    """The caption CLIP trains on: a share of lone shapes whose prompt named no place say where they landed.
+    """The caption CLIP trains on: it names the background's stripes, and a share of lone shapes whose prompt named no
+    place say where they landed.
 
-    Web alt-texts describe composition that generation prompts leave out; trained on the bare templates, the toy
-    CLIP's image embedding held so little position (a linear probe explained 26% of its variance) that no reward
-    head on it could learn a taste for placement.
+    Web alt-texts describe style and composition that generation prompts leave out; trained on the bare templates,
+    the toy CLIP's image embedding held so little position (a linear probe explained 26% of its variance) that no
+    reward head on it could learn a taste for placement.
     """
     scene = drawing.scene
     if scene.count > 1 or scene.position is not None or rng.random() >= share:
-        return scene.caption()
-    return scene.caption(place=where(*drawing.centres[0]))
+        caption = scene.caption()
+    else:
+        caption = scene.caption(place=where(*drawing.centres[0]))
+    return striped(caption, scene.background) if drawing.stripes else caption
+
+
+def striped(caption: str, background: str) -> str:
+    return caption.replace(f" on a {background} background", f" on a striped {background} background")
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
@@ -83,15 +90,21 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Te
 
 
 @torch.no_grad()
-def retrieval_accuracy(model, tokenizer, images: list[np.ndarray], truths: list[Scene]) -> dict[str, float]:
-    """Top-1 zero-shot caption retrieval over all toy captions, and per attribute of the retrieved caption."""
+def retrieval_accuracy(model, tokenizer, drawings: list[Drawing]) -> dict[str, float]:
+    """Top-1 zero-shot caption retrieval over all toy captions, per attribute of the retrieved caption, and how
+    often the true caption with "striped" said or not is the closer of the two."""
     scenes = all_scenes()
     txt = F.normalize(model.encode_text(tokenizer([s.caption() for s in scenes])), dim=-1)
-    img = F.normalize(model.encode_image(to_pixels(images)), dim=-1)
+    img = F.normalize(model.encode_image(to_pixels([d.image for d in drawings])), dim=-1)
     best = [scenes[i] for i in (img @ txt.T).argmax(1).tolist()]
+    truths = [d.scene for d in drawings]
     out = {"caption_top1": float(np.mean([b == t for b, t in zip(best, truths)])), "captions": len(scenes)}
     for attr in ("shape", "colour", "background", "count"):
         out[attr] = float(np.mean([getattr(b, attr) == getattr(t, attr) for b, t in zip(best, truths)]))
+    plain = F.normalize(model.encode_text(tokenizer([t.caption() for t in truths])), dim=-1)
+    stripy = F.normalize(model.encode_text(tokenizer([striped(t.caption(), t.background) for t in truths])), dim=-1)
+    says_striped = ((img * stripy).sum(1) > (img * plain).sum(1)).numpy()
+    out["stripes"] = float(np.mean(says_striped == np.array([d.stripes > 0 for d in drawings])))
     return out
 
 
@@ -125,7 +138,7 @@ def train_clip(out_dir: Path, cfg: ClipTrainConfig = ClipTrainConfig()) -> dict:
         bar.set_postfix(loss=f"{ema:.3f}")
     model.eval()
     held_out = dataset(cfg.eval_images, seed=10_000 + cfg.seed)
-    quality = retrieval_accuracy(model, tokenizer, [d.image for d in held_out], [d.scene for d in held_out])
+    quality = retrieval_accuracy(model, tokenizer, held_out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2)

@@ -28,6 +28,10 @@ BACKGROUNDS = ("black", "white", "gray", "blue", "yellow")
 WARM_COLOURS = ("red", "orange", "yellow")
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 7, "large": 13}  # bounding-box side in pixels
+STRIPE_AMPLITUDE = 24
+"""RGB levels a full-strength background stripe adds or takes away: 24 * sqrt(3) = 42 keeps a stripe under the
+analyser's foreground distance (60)"""
+STRIPE_SHARE = 0.5  # of drawings with stripes; their strength is uniform in [0.25, 1]
 COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
 POSITIONS = {  # centroid (x, y) of a lone shape
     "centre": (16.0, 16.0),
@@ -72,6 +76,7 @@ class Drawing:
     scene: Scene
     image: np.ndarray  # (H, W, 3) uint8
     centres: list[tuple[float, float]] = field(default_factory=list)
+    stripes: float = 0.0  # strength of the background stripes, 0 (plain) to 1
 
 
 _CAPTION = re.compile(
@@ -107,6 +112,21 @@ def random_scene(rng: np.random.Generator) -> Scene:
     return Scene(shape, colour, background, size, 1, position)
 
 
+def random_stripes(rng: np.random.Generator) -> float:
+    """Background stripes, a style no caption names: plain half the time, else of a strength uniform in [0.25, 1].
+
+    Real images vary within a prompt in ways people care about and prompts leave open (lighting, texture, finish);
+    the stripes are that in the toy world. A prompt never asks for them, so the pipeline draws both kinds for every
+    prompt, and a taste for or against them is one that only labels can teach (README, "The toy world").
+    """
+    return 0.0 if rng.random() >= STRIPE_SHARE else float(rng.uniform(0.25, 1.0))
+
+
+def stripe_signs(size: int) -> np.ndarray:
+    """+1 / -1 per image row: horizontal bands 2 pixels high in a 32-pixel frame, the first one lighter."""
+    return 1 - 2 * ((np.arange(size) * IMAGE_SIZE // size) // 2 % 2)
+
+
 def _shape_mask(shape: str, side: int, cx: float, cy: float) -> np.ndarray:
     """Hard-edged (no anti-aliasing) mask of one shape whose bounding box has ``side`` pixels."""
     ys, xs = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5  # pixel centres
@@ -138,21 +158,23 @@ def _placements(scene: Scene, rng: np.random.Generator) -> list[tuple[float, flo
     raise RuntimeError(f"could not place {scene.count} shapes of side {side} without overlap")
 
 
-def draw(scene: Scene, seed: int | np.random.Generator = 0) -> Drawing:
-    """Render ``scene``; the seed only moves shapes within what the caption allows."""
+def draw(scene: Scene, seed: int | np.random.Generator = 0, stripes: float = 0.0) -> Drawing:
+    """Render ``scene`` over a background striped with strength ``stripes``; the seed only moves shapes within what
+    the caption allows."""
     rng = np.random.default_rng(seed)
-    image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    image[:] = PALETTE[scene.background]
+    shade = stripes * STRIPE_AMPLITUDE * stripe_signs(IMAGE_SIZE)[:, None, None]
+    background = np.asarray(PALETTE[scene.background], np.float32) + shade + np.zeros((1, IMAGE_SIZE, 1))
+    image = np.clip(np.round(background), 0, 255).astype(np.uint8)
     centres = _placements(scene, rng)
     for cx, cy in centres:
         image[_shape_mask(scene.shape, SIZES[scene.size], cx, cy)] = PALETTE[scene.colour]
-    return Drawing(scene, image, centres)
+    return Drawing(scene, image, centres, stripes)
 
 
 def dataset(n: int, seed: int = 0) -> list[Drawing]:
     """``n`` random captioned drawings, identical for identical seeds."""
     rng = np.random.default_rng(seed)
-    return [draw(random_scene(rng), rng) for _ in range(n)]
+    return [draw(random_scene(rng), rng, random_stripes(rng)) for _ in range(n)]
 
 
 def toy_prompts(n: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
