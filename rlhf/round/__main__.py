@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlhf.paths import ROOT, RUNS
 
-DEMO_TASTE = "placed"
+DEMO_TASTE = "striped"
 DEMO_ROUNDS = 3
 DEMO_FOLLOWING_TOLERANCE = 2.0
 """points of prompt following (eval prompts) the demo may lose over its rounds"""
