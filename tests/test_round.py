@@ -112,6 +112,23 @@ def test_a_finished_run_has_nothing_left_to_redo(two_rounds):
     assert loop.run(2) == []
 
 
+def test_eval_adds_hpsv2_and_the_aesthetic_head_when_their_weights_exist(two_rounds, preference_clip, tmp_path):
+    from dataclasses import replace
+
+    from rlhf.ddpo.rewards import AestheticHead
+    from rlhf.round.config import from_dict
+
+    loop, _ = two_rounds
+    weights, arch = preference_clip
+    torch.save(AestheticHead(64).state_dict(), tmp_path / "head.pth")
+    cfg = replace(from_dict(loop.rounds()[1].config), hpsv2_weights=str(weights), hpsv2_arch=arch,
+                  aesthetic_weights=str(tmp_path / "head.pth"))
+    result = loop.evaluate(2, cfg)
+    for model in ("base", "policy"):
+        figures = result[model]["eval_prompts"]
+        assert np.isfinite(figures["hpsv2"]) and np.isfinite(figures["aesthetic"]), figures
+
+
 def test_people_label_while_the_driver_waits(tmp_path):
     loop = Loop(tmp_path / "runs", tiny("human"))
     assert [o.phase for o in loop.run(1)] == ["sample", "queue", "label"]

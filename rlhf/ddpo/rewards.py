@@ -99,6 +99,19 @@ class Aesthetic:
         return self.head(self.clip.embed_images(list(images)).cpu()).numpy(), {}
 
 
+class HPSv2(ClipScore):
+    """Human Preference Score v2 (Wu et al. 2023): the CLIP score under open_clip ViT-H-14 fine-tuned on human
+    choices. Needs its checkpoint on disk (HPS_v2_compressed.pt or HPS_v2.1_compressed.pt), which open_clip loads
+    as it loads any checkpoint file; ``arch`` names another open_clip architecture for other preference CLIPs."""
+
+    name = "hpsv2"
+
+    def __init__(self, weights: str | Path, arch: str = "ViT-H-14", device: str = "cpu"):
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"no HPSv2 checkpoint at {weights}: download HPS_v2.1_compressed.pt there")
+        super().__init__(load_clip(arch, str(weights), device=device))
+
+
 class TasteReward:
     """A toy world's hidden taste as a reward: exact ground truth for tests and benchmarks."""
 
@@ -113,7 +126,7 @@ class TasteReward:
 
 
 def make_reward(spec: str, clip: Clip | None = None) -> Reward:
-    """``jpeg_compressibility``, ``jpeg_incompressibility``, ``clip_score``, ``aesthetic:<weights>``,
+    """``jpeg_compressibility``, ``jpeg_incompressibility``, ``clip_score``, ``aesthetic:<weights>``, ``hpsv2:<weights>``,
     ``taste:<name>`` or ``preference:<folder>`` (a learned reward model, ``mean - lambda * std`` of its ensemble);
     CLIP-based rewards use ``clip`` (the toy CLIP by default)."""
     kind, _, arg = spec.partition(":")
@@ -127,6 +140,8 @@ def make_reward(spec: str, clip: Clip | None = None) -> Reward:
         return ClipScore(clip or load_clip())
     if kind == "aesthetic":
         return Aesthetic(clip or load_clip(), arg)
+    if kind == "hpsv2":
+        return HPSv2(arg)
     if kind == "preference":
         from reward_models.ensemble import MODEL_FILE, RewardModel
 
@@ -135,5 +150,6 @@ def make_reward(spec: str, clip: Clip | None = None) -> Reward:
         return RewardModel.load(arg, clip or load_clip())
     raise ValueError(
         f"unknown reward {spec!r}; use jpeg_compressibility, jpeg_incompressibility, clip_score, aesthetic:<weights>, "
+        "hpsv2:<weights>, "
         "taste:<name> or preference:<reward model folder>"
     )

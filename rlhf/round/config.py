@@ -71,6 +71,10 @@ class RoundConfig:
     """fixed seeds per eval prompt (generalisation and prompt following)"""
     aesthetic_weights: str | None = None
     """LAION aesthetic predictor weights (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14), judged at eval if given"""
+    hpsv2_weights: str | None = None
+    """HPSv2 checkpoint (HPS_v2.1_compressed.pt), judged at eval if the file exists"""
+    hpsv2_arch: str = "ViT-H-14"
+    """the open_clip architecture of ``hpsv2_weights``"""
     seed: int = 0
 
     def validate(self) -> RoundConfig:

@@ -33,7 +33,7 @@ from reward_models.bradley_terry import targets as choice_targets
 from reward_models.embeddings import EmbeddingCache
 from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, fit_ensemble, train_reward_model
 from reward_models.evaluate import learning_curve, pair_metrics, reliability_diagram
-from rlhf.ddpo.rewards import Aesthetic, ClipScore
+from rlhf.ddpo.rewards import Aesthetic, ClipScore, HPSv2
 from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
 from rlhf.faults import crashpoint
 from rlhf.models import load_clip, load_pipeline, precision_dtype
@@ -362,12 +362,14 @@ class Loop:
 
     def evaluate(self, round_id: int, cfg: RoundConfig) -> dict:
         """Base and round ``round_id``'s policy on the eval sets, judged by this round's reward model, CLIP score,
-        the aesthetic head (when its weights exist locally) and (synthetic labeller) the hidden taste; written to
-        ``round-NNN/eval.json``. HPSv2 is not wired in: its weights need a hub download."""
+        the aesthetic head and HPSv2 (when their weights exist locally) and (synthetic labeller) the hidden taste;
+        written to ``round-NNN/eval.json``."""
         labeller = parse_labeller(cfg.labeller)
         scorers = {"clip_score": ClipScore(self.clip(cfg))}
         if cfg.aesthetic_weights and Path(cfg.aesthetic_weights).is_file():
             scorers["aesthetic"] = Aesthetic(self.clip(cfg), cfg.aesthetic_weights)
+        if cfg.hpsv2_weights and Path(cfg.hpsv2_weights).is_file():
+            scorers["hpsv2"] = HPSv2(cfg.hpsv2_weights, cfg.hpsv2_arch)
         judges = {"reward_model": self.reward_model(round_id, cfg), "scorers": scorers,
                   "taste": labeller.persona.taste if labeller else None}
         result = {"round": round_id, "policy_checkpoint": str(self.policy_checkpoint(round_id)), "base": {}, "policy": {}}
