@@ -6,6 +6,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from rlhf.models import ModelLoadError, load_clip, load_pipeline
 from rlhf.paths import TOY_CLIP, TOY_PIPELINE
+from rlhf.toy.analyse import analyse
 from rlhf.toy.quality import following_rates, position_response, sample
 from rlhf.toy.world import parse_caption, toy_prompts
 
@@ -34,7 +35,7 @@ def test_toy_pipeline_follows_shape_and_colour_better_than_chance(pipe):
     prompts = toy_prompts(24, seed=99)
     images = sample(pipe, prompts, [0], steps=10, guidance=5.0)
     scenes = [parse_caption(p) for p in prompts]
-    got = following_rates(images, scenes)
+    got = following_rates([analyse(im) for im in images], scenes)
     assert got["colour"] > 1 / 6 + 0.15 and got["shape"] > 1 / 3 + 0.1, got
 
 
@@ -47,8 +48,6 @@ def test_toy_pipeline_puts_a_shape_where_the_prompt_names(pipe):
 
 def test_toy_pipeline_varies_the_stripes_no_prompt_names(pipe):
     """Some seeds of one prompt come out striped and some plain: what a taste for or against stripes works with."""
-    from rlhf.toy.analyse import analyse
-
     images = sample(pipe, ["a large red circle on a gray background"], list(range(16)), steps=10, guidance=5.0)
     strength = [analyse(im).stripes for im in images]
     assert min(strength) < 0.1 and max(strength) > 0.3, strength
@@ -72,12 +71,12 @@ def test_toy_clip_loads_through_open_clip_and_matches_captions():
 
 
 def test_toy_clip_tells_striped_from_plain_backgrounds():
-    from rlhf.toy.train_clip import striped
+    from rlhf.toy.train_clip import striped_caption
     from rlhf.toy.world import Scene, draw
 
     clip, scene = load_clip(), Scene("triangle", "green", "white", "small", 1, "top")
     img = clip.embed_images([draw(scene, 0, stripes).image for stripes in (0.0, 0.5)])
-    txt = clip.embed_texts([scene.caption(), striped(scene.caption(), scene.background)])
+    txt = clip.embed_texts([scene.caption(), striped_caption(scene.caption(), scene.background)])
     assert (img @ txt.T).argmax(1).tolist() == [0, 1]
 
 

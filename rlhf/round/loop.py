@@ -98,6 +98,7 @@ class Loop:
         self.config = config.validate()
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self._clip = None
+        self._hpsv2: tuple[tuple[str, str], HPSv2] | None = None
         self._policy = None
 
     # ----------------------------------------------------------------- where things are
@@ -153,6 +154,15 @@ class Loop:
         if self._clip is None:
             self._clip = load_clip(cfg.clip, cfg.clip_pretrained, device=str(self.state.device))
         return self._clip
+
+    def hpsv2(self, cfg: RoundConfig) -> HPSv2 | None:
+        """HPSv2 when its checkpoint exists, loaded once per checkpoint (ViT-H-14 has about 1B parameters)."""
+        if not (cfg.hpsv2_weights and Path(cfg.hpsv2_weights).is_file()):
+            return None
+        key = (cfg.hpsv2_weights, cfg.hpsv2_arch)
+        if self._hpsv2 is None or self._hpsv2[0] != key:
+            self._hpsv2 = key, HPSv2(*key, device=str(self.state.device))
+        return self._hpsv2[1]
 
     def embeddings(self, cfg: RoundConfig) -> EmbeddingCache:
         return EmbeddingCache(self.run_dir / "embeddings", self.clip(cfg))
@@ -368,8 +378,8 @@ class Loop:
         scorers = {"clip_score": ClipScore(self.clip(cfg))}
         if cfg.aesthetic_weights and Path(cfg.aesthetic_weights).is_file():
             scorers["aesthetic"] = Aesthetic(self.clip(cfg), cfg.aesthetic_weights)
-        if cfg.hpsv2_weights and Path(cfg.hpsv2_weights).is_file():
-            scorers["hpsv2"] = HPSv2(cfg.hpsv2_weights, cfg.hpsv2_arch)
+        if hps := self.hpsv2(cfg):
+            scorers["hpsv2"] = hps
         judges = {"reward_model": self.reward_model(round_id, cfg), "scorers": scorers,
                   "taste": labeller.persona.taste if labeller else None}
         result = {"round": round_id, "policy_checkpoint": str(self.policy_checkpoint(round_id)), "base": {}, "policy": {}}

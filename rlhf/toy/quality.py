@@ -21,7 +21,7 @@ from rlhf.grid import image_grid
 from rlhf.models import load_clip, load_pipeline
 from rlhf.paths import ROOT, TOY_CLIP
 from rlhf.prompts import load_prompts
-from rlhf.toy.analyse import analyse, follows
+from rlhf.toy.analyse import Analysis, analyse, follows
 from rlhf.toy.world import POSITIONS, Scene, dataset, parse_caption
 
 
@@ -37,22 +37,22 @@ def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: flo
     return images
 
 
-def following_rates(images: list[np.ndarray], scenes: list[Scene]) -> dict[str, float]:
-    """Share of images showing each asked attribute, and the share showing all of them."""
+def following_rates(analyses: list[Analysis], scenes: list[Scene]) -> dict[str, float]:
+    """Share of analysed images showing each asked attribute, and the share showing all of them."""
     hits: dict[str, list[bool]] = {}
     every = []
-    for im, asked in zip(images, scenes):
-        f = follows(analyse(im), asked)
+    for a, asked in zip(analyses, scenes):
+        f = follows(a, asked)
         every.append(all(f.values()))
         for k, v in f.items():
             hits.setdefault(k, []).append(v)
     return {k: float(np.mean(v)) for k, v in hits.items()} | {"all": float(np.mean(every))}
 
 
-def stripe_shares(images: list[np.ndarray]) -> dict[str, float]:
+def stripe_shares(analyses: list[Analysis]) -> dict[str, float]:
     """How often samples come out striped (strength over 0.125, half the drawings' least) and how strongly: the
     drawings are striped half the time at a mean strength of 0.625, whatever the caption."""
-    strength = np.array([analyse(im).stripes for im in images])
+    strength = np.array([a.stripes for a in analyses])
     striped = strength > 0.125
     return {"striped_share": float(striped.mean()),
             "mean_strength_when_striped": float(strength[striped].mean()) if striped.any() else 0.0}
@@ -61,13 +61,14 @@ def stripe_shares(images: list[np.ndarray]) -> dict[str, float]:
 def pipeline_quality(pipe, prompt_set: str = "toy_eval", seeds=(0, 1), steps: int = 20, guidance: float = 5.0):
     prompts = [p.text for p in load_prompts(prompt_set)]
     images = sample(pipe, prompts, list(seeds), steps, guidance)
+    analyses = [analyse(im) for im in images]  # once: following, chance and stripes all read them
     scenes = [parse_caption(p) for p in prompts for _ in seeds]
     shuffled = [scenes[i] for i in np.random.default_rng(0).permutation(len(scenes))]
     result = {
         "prompts": len(prompts), "seeds": list(seeds), "steps": steps, "guidance": guidance,
-        "following": following_rates(images, scenes),
-        "chance": following_rates(images, shuffled),
-        "stripes": stripe_shares(images),
+        "following": following_rates(analyses, scenes),
+        "chance": following_rates(analyses, shuffled),
+        "stripes": stripe_shares(analyses),
     }
     return result, images, [p for p in prompts for _ in seeds]
 

@@ -75,10 +75,10 @@ def describe(drawing: Drawing, rng: np.random.Generator, share: float = 0.5) -> 
         caption = scene.caption()
     else:
         caption = scene.caption(place=where(*drawing.centres[0]))
-    return striped(caption, scene.background) if drawing.stripes else caption
+    return striped_caption(caption, scene.background) if drawing.stripes else caption
 
 
-def striped(caption: str, background: str) -> str:
+def striped_caption(caption: str, background: str) -> str:
     return caption.replace(f" on a {background} background", f" on a striped {background} background")
 
 
@@ -102,7 +102,7 @@ def retrieval_accuracy(model, tokenizer, drawings: list[Drawing]) -> dict[str, f
     for attr in ("shape", "colour", "background", "count"):
         out[attr] = float(np.mean([getattr(b, attr) == getattr(t, attr) for b, t in zip(best, truths)]))
     plain = F.normalize(model.encode_text(tokenizer([t.caption() for t in truths])), dim=-1)
-    stripy = F.normalize(model.encode_text(tokenizer([striped(t.caption(), t.background) for t in truths])), dim=-1)
+    stripy = F.normalize(model.encode_text(tokenizer([striped_caption(t.caption(), t.background) for t in truths])), dim=-1)
     says_striped = ((img * stripy).sum(1) > (img * plain).sum(1)).numpy()
     out["stripes"] = float(np.mean(says_striped == np.array([d.stripes > 0 for d in drawings])))
     return out

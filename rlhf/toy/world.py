@@ -162,9 +162,8 @@ def draw(scene: Scene, seed: int | np.random.Generator = 0, stripes: float = 0.0
     """Render ``scene`` over a background striped with strength ``stripes``; the seed only moves shapes within what
     the caption allows."""
     rng = np.random.default_rng(seed)
-    shade = stripes * STRIPE_AMPLITUDE * stripe_signs(IMAGE_SIZE)[:, None, None]
-    background = np.asarray(PALETTE[scene.background], np.float32) + shade + np.zeros((1, IMAGE_SIZE, 1))
-    image = np.clip(np.round(background), 0, 255).astype(np.uint8)
+    rows = np.asarray(PALETTE[scene.background], np.float32) + stripes * STRIPE_AMPLITUDE * stripe_signs(IMAGE_SIZE)[:, None]
+    image = np.repeat(np.clip(np.round(rows), 0, 255).astype(np.uint8)[:, None], IMAGE_SIZE, axis=1)  # (H, W, 3)
     centres = _placements(scene, rng)
     for cx, cy in centres:
         image[_shape_mask(scene.shape, SIZES[scene.size], cx, cy)] = PALETTE[scene.colour]
