@@ -143,13 +143,21 @@ def hidden_gains(loop, rounds: int) -> list[dict]:
     from rlhf.toy.tastes import TASTES
 
     records = {r.id: r for r in loop.rounds()}
+    scores = {}  # a round's images serve as its own "after" and as the next round's "before": score them once
+
+    def score(round_id: int, cfg, taste_name: str, eval_set):
+        key = (round_id, taste_name, eval_set.name, eval_set.seeds, tuple(eval_set.prompts))
+        if key not in scores:
+            images = loop.eval_images(round_id, cfg, eval_set)
+            scores[key] = TASTES[taste_name].score(list(images), eval_set.jobs()[0])
+        return scores[key]
+
     gains = []
     for round_id in range(1, rounds + 1):
         cfg = from_dict(records[round_id].config)  # both policies on this round's eval set, so images pair up
-        taste = TASTES[parse_labeller(cfg.labeller).persona.taste]
-        eval_set = loop.eval_sets(cfg)[0]
-        before, after = (taste.score(list(loop.eval_images(r, cfg, eval_set)), eval_set.jobs()[0]) for r in (round_id - 1, round_id))
-        gains.append(paired_change(after, before))
+        taste_name, eval_set = parse_labeller(cfg.labeller).persona.taste, loop.eval_sets(cfg)[0]
+        gains.append(paired_change(score(round_id, cfg, taste_name, eval_set),
+                                   score(round_id - 1, cfg, taste_name, eval_set)))
     return gains
 
 
