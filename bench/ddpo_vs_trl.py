@@ -2,7 +2,7 @@
 shipped toy pipeline (data/models/toy-sd), the toy training prompts and the same rewards, CPU, fp32.
 
     bash bench/trl_env.sh                                    # once: trl in its own venv, bench/.venv-trl
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/ddpo_vs_trl.py   # about 33 min on 2 cores shared with other jobs
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ddpo_vs_trl.py   # about 70 min on 2 quiet cores
 
 Each engine runs in its own subprocess (ours and a bare loop in the project venv, trl in bench/.venv-trl with the
 project on PYTHONPATH for the rewards and the evaluation), so peak memory is per engine. Measured:
@@ -16,13 +16,16 @@ project on PYTHONPATH for the rewards and the evaluation), so peak memory is per
 * Peak memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of each worker process (peak RSS, whole process).
 * Time to reward: a small sweep (lr / clip range, samples per prompt, LoRA r4 or full fine-tuning), the same
   settings for both engines, on two fixed tasks with fixed target gains (``TASKS``: toy hidden taste
-  ``taste:striped`` and ``jpeg_incompressibility``). Every ``EVAL_EVERY`` epochs the policy is scored on held-out
-  noise (32 samples, seed 10000, never used in training) by the same evaluation code for both engines; time to
-  reward is the training wall-clock time (evaluation excluded) until the gain over the base model first reaches
-  the target. Each engine is judged at its best setting; the ratio is null, with the reason, if an engine never
-  reaches the target. The sweep trains with seed 42; the seeds part reruns each engine's best setting with
-  ``SEEDS`` and compares the medians over the three seeds. Ours also runs ``OURS_ONLY``: the sweep's LoRA
-  settings with its per-step state baseline (``x0_baseline``), an engine choice trl does not have.
+  ``taste:striped`` and ``jpeg_incompressibility``), each setting trained with every seed of ``SEEDS``. Every
+  ``EVAL_EVERY`` epochs the policy is scored on held-out noise (32 samples, seed 10000, never used in training) by
+  the same evaluation code for both engines; time to reward is the training wall-clock time (evaluation excluded)
+  until the gain over the base model first reaches the target. A setting's time is the median over the seeds (a
+  seed that never reaches the target counts as slower than any that does), and each engine is judged at its
+  fastest setting, so that one lucky seed neither picks a setting nor decides a ratio. The ratio is of the two
+  medians; when trl's median run never got there it is an upper bound, ours' median over trl's longest training
+  time in that setting; null, with the reason, when ours' median run never got there. Ours also runs
+  ``OURS_ONLY``: the sweep's LoRA settings with its per-step state baseline (``x0_baseline``), an engine choice trl
+  does not have.
 * Ablations of our engine's choices (timesteps per forward, per-prompt advantages, samples per prompt, the state
   baseline).
 
@@ -50,9 +53,12 @@ TRL_PYTHON = ROOT / "bench" / ".venv-trl" / "bin" / "python"
 OUT = ROOT / "bench" / "results" / "ddpo_vs_trl.json"
 RESULT_MARK = "@@RESULT@@"
 
-# shared epoch shape: 8 samples x 10 steps, CFG 5, eta 1, train batch 4 (2 optimizer steps), stats buffer 32 / min 8
+# shared epoch shape: 8 samples x 10 steps, CFG 5, eta 1, train batch 4 (2 optimizer steps), stats buffer 32 / min 4.
+# min 4 = the 4 samples a prompt gets in one epoch, so per-prompt statistics apply from a prompt's first draw; with
+# the earlier min 8 a prompt drawn once every 8 epochs (2 of 16 prompts an epoch) was normalised by the batch's
+# statistics for most of a 16-epoch run, in both engines.
 EPOCH = dict(num_steps=10, sample_batch_size=8, train_batch_size=4, guidance_scale=5.0, eta=1.0,
-             stat_buffer_size=32, stat_min_count=8, seed=42)
+             stat_buffer_size=32, stat_min_count=4, seed=42)
 TIMING_SETTING = dict(learning_rate=1e-2, clip_range=1e-2, samples_per_prompt=4, use_lora=True)
 
 # the sweep: the same settings for both engines (trl's default pipeline hard-codes LoRA r=4)
@@ -67,16 +73,18 @@ OURS_ONLY = {
     "x0 baseline, lora r4, lr 3e-3, clip 1e-3, 4/prompt": dict(SWEEP["lora r4, lr 3e-3, clip 1e-3, 4/prompt"], x0_baseline=True),
     "x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt": dict(SWEEP["lora r4, lr 1e-2, clip 1e-2, 4/prompt"], x0_baseline=True),
 }
-SEEDS = (1, 2)  # seed_repeats: training seeds beside the sweep's 42
+SEEDS = (42, 1, 2)  # training seeds of every sweep setting
 BASELINE = "lora r4, lr 1e-2, clip 1e-2, 4/prompt"  # = TIMING_SETTING; the ablation's reference
 # Fixed tasks and target gains of the held-out mean reward over the base model (taste:striped is in [0, 1], about
 # 0.15 for the base model with a within-prompt std of 0.15; jpeg_incompressibility is kB at quality 95, about 1.0
 # for the base model). On session 11's pipeline, before the stripes, the taste was taste:red (+0.06; its results are
 # in ddpo_vs_trl_unstriped.json). Session 8's targets (+0.03, +0.01) were reached at the first evaluation by both
-# engines, so they measured luck.
+# engines, so they measured luck. Session 13 picked each engine's setting on seed 42 alone, with stats min 8
+# (ddpo_vs_trl_session13.json).
 TASTE_TASK = "taste:striped"
-TASKS = {TASTE_TASK: 0.05, "jpeg_incompressibility": 0.02}
-MAX_EPOCHS = 16
+# task: (target gain, most epochs). jpeg gets 32: in session 14's 16-epoch sweep no setting of either engine
+# reached +0.02 kB on 2 of 3 seeds.
+TASKS = {TASTE_TASK: (0.05, 16), "jpeg_incompressibility": (0.02, 32)}
 EVAL_EVERY = 2
 EVAL_SEED, EVAL_PER_PROMPT = 10_000, 2
 # One intra-op thread per worker: on this 2-core machine shared with other jobs, 2 OpenMP threads made every
@@ -379,35 +387,54 @@ def reward_run(engine: str, setting: dict, task: str, target: float | None, max_
                                                for p in curve]}
 
 
-def sweep(settings: dict, tasks: dict, max_epochs: int, log, ours_only: dict | None = None) -> dict:
+def median_time(times: list[float | None]) -> float | None:
+    """Median crossing time over seeds; a seed that never crossed ranks after every seed that did."""
+    ranked = sorted(times, key=lambda t: float("inf") if t is None else t)
+    return ranked[len(ranked) // 2]
+
+
+def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: dict | None = None) -> dict:
     results = {}
     jobs = [(name, setting, e) for name, setting in settings.items() for e in ("ours", "trl")]
     jobs += [(name, setting, "ours") for name, setting in (ours_only or {}).items()]
-    for task, target in tasks.items():
-        results[task] = {"target_gain": target, "ours": {}, "trl": {}}
+    for task, (target, max_epochs) in tasks.items():
+        results[task] = {"target_gain": target, "max_epochs": max_epochs, "ours": {}, "trl": {}}
         for name, setting, e in jobs:
-            r = results[task][e][name] = reward_run(e, setting, task, target, max_epochs)
-            log(f"{task:<22} {e:<4} {name:<50} best gain {r['best_gain']:+.4f}, time to +{target}: "
-                f"{r['time_to_target_s'] if r['time_to_target_s'] is not None else 'not reached'}")
+            runs = {str(seed): reward_run(e, setting, task, target, max_epochs, seed) for seed in seeds}
+            times = [r["time_to_target_s"] for r in runs.values()]
+            results[task][e][name] = {
+                "median_time_to_target_s": median_time(times),
+                "median_best_gain": round(statistics.median(r["best_gain"] for r in runs.values()), 4),
+                "longest_train_s": max(r["curve_epoch_train_s_cpu_s_eval"][-1][1] for r in runs.values()),
+                "seeds": runs}
+            log(f"{task:<22} {e:<4} {name:<50} time to +{target} by seed: {dict(zip(runs, times))}")
         for e in ("ours", "trl"):
             runs = results[task][e]
-            reached = {n: r["time_to_target_s"] for n, r in runs.items() if r["time_to_target_s"] is not None}
-            best = min(reached, key=reached.get) if reached else max(runs, key=lambda n: runs[n]["best_gain"])
-            results[task][f"{e}_best"] = {"setting": best, "time_to_target_s": runs[best]["time_to_target_s"],
-                                          "time_to_target_cpu_s": runs[best]["time_to_target_cpu_s"]}
+            rank = lambda n: (float("inf") if runs[n]["median_time_to_target_s"] is None  # noqa: E731
+                              else runs[n]["median_time_to_target_s"], -runs[n]["median_best_gain"])
+            best = min(runs, key=rank)
+            results[task][f"{e}_best"] = {"setting": best, "median_time_to_target_s": runs[best]["median_time_to_target_s"],
+                                          "time_to_target_s": {seed: r["time_to_target_s"]
+                                                               for seed, r in runs[best]["seeds"].items()}}
         o, t = results[task]["ours_best"], results[task]["trl_best"]
-        if o["time_to_target_s"] is not None and t["time_to_target_s"] is not None:
-            results[task]["time_to_reward_ratio"] = round(o["time_to_target_s"] / t["time_to_target_s"], 3)
-            results[task]["time_to_reward_ratio_cpu"] = round(o["time_to_target_cpu_s"] / t["time_to_target_cpu_s"], 3)
-        else:
-            who = " and ".join(n for n, v in (("ours", o), ("trl", t)) if v["time_to_target_s"] is None)
+        ours_s, trl_s = o["median_time_to_target_s"], t["median_time_to_target_s"]
+        if ours_s is not None and trl_s is not None:
+            results[task]["time_to_reward_ratio"] = round(ours_s / trl_s, 3)
+        elif ours_s is not None:
             results[task]["time_to_reward_ratio"] = None
-            results[task]["ratio_reason"] = f"{who} did not reach +{target} within {max_epochs} epochs in any setting"
+            results[task]["time_to_reward_ratio_below"] = round(
+                ours_s / results[task]["trl"][t["setting"]]["longest_train_s"], 3)
+            results[task]["ratio_reason"] = (f"trl's median seed did not reach +{target} within {max_epochs} epochs in "
+                                             "any setting: the bound is ours' median over trl's longest training time")
+        else:
+            results[task]["time_to_reward_ratio"] = None
+            results[task]["ratio_reason"] = f"ours' median seed did not reach +{target} within {max_epochs} epochs in any setting"
     return results
 
 
-def ablation(sweep_results: dict | None, max_epochs: int, log) -> dict:
-    """Our engine with one choice changed at a time from BASELINE (= the timing setting)."""
+def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
+    """Our engine with one choice changed at a time from BASELINE (= the timing setting): epoch time and memory,
+    and time to reward on the taste task over the sweep's seeds (the sweep's own runs where it has the setting)."""
     out = {"async_rewards": "not run: with one sampling batch per epoch there is nothing for the reward thread to "
                             "overlap with, so it cannot change these figures"}
     variants = {"timesteps_per_forward 10 (baseline)": {}, "timesteps_per_forward 1": dict(timesteps_per_forward=1)}
@@ -418,64 +445,38 @@ def ablation(sweep_results: dict | None, max_epochs: int, log) -> dict:
                      "peak_rss_mib": round(t["peak_rss_kib"] / 1024, 1),
                      "note": "same gradient either way (pinned by the tests); only time and memory change"}
         log(f"ablation {name:<36} {out[name]}")
-    task = TASTE_TASK
-    runs = {"per-prompt advantages off": reward_run("ours", TIMING_SETTING | dict(per_prompt_stat_tracking=False), task,
-                                                    None, max_epochs)}
-    if sweep_results:
-        runs["baseline (per-prompt on, 4 samples/prompt)"] = sweep_results[task]["ours"][BASELINE]
-        runs["1 sample per prompt"] = sweep_results[task]["ours"].get("lora r4, lr 1e-2, clip 1e-2, 1/prompt")
-        runs["state baseline on"] = sweep_results[task]["ours"].get("x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt")
-    for name, r in runs.items():
-        if r:
-            out[f"{task}: {name}"] = {"best_gain": r["best_gain"],
-                                      "curve_epoch_train_s_cpu_s_eval": r["curve_epoch_train_s_cpu_s_eval"]}
-            log(f"ablation {task}: {name:<44} best gain {r['best_gain']:+.4f}")
-    return out
-
-
-def seed_repeats(sweep_results: dict, log) -> dict:
-    """Time to reward again with training seeds ``SEEDS``, each engine at its best sweep setting for the task, so
-    that a ratio rests on three seeds (the sweep's 42 and these) rather than one. An engine that does not reach the
-    target within ``MAX_EPOCHS`` counts as slower than every run that does; the ratio is of the medians over seeds,
-    or an upper bound (ours' median over trl's longest training time) when trl's median run never got there."""
-    out, settings = {}, SWEEP | OURS_ONLY
-    for task, target in TASKS.items():
-        out[task] = {"target_gain": target}
-        medians = {}
-        for e in ("ours", "trl"):
-            best = sweep_results[task][f"{e}_best"]["setting"]
-            runs = {"42": sweep_results[task][e][best]} | {
-                str(seed): reward_run(e, settings[best], task, target, MAX_EPOCHS, seed) for seed in SEEDS}
-            times = {seed: r["time_to_target_s"] for seed, r in runs.items()}
-            longest = max(r["curve_epoch_train_s_cpu_s_eval"][-1][1] for r in runs.values())
-            ranked = sorted(times.values(), key=lambda t: float("inf") if t is None else t)
-            medians[e] = (ranked[len(ranked) // 2], longest)
-            out[task][e] = {"setting": best, "time_to_target_s": times,
-                            "best_gain": {seed: r["best_gain"] for seed, r in runs.items()},
-                            "median_time_to_target_s": medians[e][0]}
-            log(f"seeds {task:<22} {e:<4} {best:<50} time to +{target}: {times}")
-        (o, _), (t, trl_longest) = medians["ours"], medians["trl"]
-        if o is not None and t is not None:
-            out[task]["time_to_reward_ratio_median"] = round(o / t, 3)
-        elif o is not None:
-            out[task]["time_to_reward_ratio_median_below"] = round(o / trl_longest, 3)
-        else:
-            out[task]["time_to_reward_ratio_median"] = None
+    (target, max_epochs), ours = TASKS[TASTE_TASK], (sweep_results or {}).get(TASTE_TASK, {}).get("ours", {})
+    one_per_prompt = "lora r4, lr 1e-2, clip 1e-2, 1/prompt"
+    variants = {  # name: (setting, the sweep's runs of it or None to run it here)
+        "baseline (per-prompt on, 4 samples/prompt)": (TIMING_SETTING, ours.get(BASELINE)),
+        "per-prompt advantages off": (TIMING_SETTING | dict(per_prompt_stat_tracking=False), None),
+        "1 sample per prompt": (SWEEP[one_per_prompt], ours.get(one_per_prompt)),
+        "1 sample per prompt, prompts drawn independently (as trl's prompt function does)":
+            (SWEEP[one_per_prompt] | dict(balanced_prompts=False), None),
+        "state baseline on": (OURS_ONLY["x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt"],
+                              ours.get("x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt")),
+    }
+    for name, (setting, swept) in variants.items():
+        runs = swept["seeds"] if swept else {str(seed): reward_run("ours", setting, TASTE_TASK, target, max_epochs, seed)
+                                             for seed in seeds}
+        times = {seed: r["time_to_target_s"] for seed, r in runs.items()}
+        out[f"{TASTE_TASK}: {name}"] = {"median_time_to_target_s": median_time(list(times.values())),
+                                        "time_to_target_s": times}
+        log(f"ablation {TASTE_TASK}: {name:<44} time to +{target} by seed: {times}")
     return out
 
 
 def summarise(result: dict) -> dict:
     """The headline figures at the top level of the JSON (each is also in its section)."""
-    t, ttr, seeds = result.get("timing", {}), result.get("time_to_reward", {}), result.get("time_to_reward_seeds", {})
+    t, ttr = result.get("timing", {}), result.get("time_to_reward", {})
     keys = ("repeats", "epoch_time_ratio", "epoch_cpu_time_ratio", "overhead_vs_bare_unet",
             "trl_overhead_vs_bare_unet_per_timestep", "peak_mem_ratio", "median_epoch_s", "median_epoch_cpu_s",
             "peak_rss_mib")
     return {k: t[k] for k in keys if k in t} | {
         "time_to_reward_ratio": {task: r["time_to_reward_ratio"] for task, r in ttr.items()},
-        "time_to_reward_ratio_cpu": {task: r.get("time_to_reward_ratio_cpu") for task, r in ttr.items()},
+        "time_to_reward_ratio_below": {task: r["time_to_reward_ratio_below"] for task, r in ttr.items()
+                                       if "time_to_reward_ratio_below" in r},
         "time_to_reward_s": {task: {e: r[f"{e}_best"] for e in ("ours", "trl")} for task, r in ttr.items()},
-        "time_to_reward_ratio_median_of_seeds": {
-            task: {k: v for k, v in r.items() if k.startswith("time_to_reward_ratio")} for task, r in seeds.items()},
     }
 
 
@@ -484,9 +485,11 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 1 setting, 2 epochs; prints, writes nothing")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: timing, sweep, ablation, seeds")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: timing, sweep, ablation")
     parser.add_argument("--merge", action="store_true", help="keep the parts of --out that this run skips "
                         "(all parts skipped: only rewrites the summary)")
+    parser.add_argument("--tasks", type=lambda v: v.split(","), default=list(TASKS),
+                        help=f"comma-separated tasks for the sweep (default all: {','.join(TASKS)})")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.worker:
@@ -498,9 +501,14 @@ def main() -> None:
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
     skip = set(filter(None, args.skip.split(",")))
     previous = json.loads(args.out.read_text()) if args.merge and args.out.is_file() else {}
-    settings, max_epochs, repeats, epochs = SWEEP, MAX_EPOCHS, args.repeats, 2
+    unknown = set(args.tasks) - set(TASKS)
+    if unknown:
+        sys.exit(f"unknown task(s) {sorted(unknown)}; known: {sorted(TASKS)}")
+    tasks = {task: TASKS[task] for task in args.tasks}
+    settings, seeds, repeats, epochs = SWEEP, SEEDS, args.repeats, 2
     if args.quick:
-        settings, max_epochs, repeats, epochs = {BASELINE: SWEEP[BASELINE]}, 2, 1, 1
+        tasks = {task: (target, 2) for task, (target, _) in tasks.items()}
+        settings, seeds, repeats, epochs = {BASELINE: SWEEP[BASELINE]}, SEEDS[:1], 1, 1
     versions = json.loads(subprocess.run(
         [str(TRL_PYTHON), "-c", "import json,torch,trl,diffusers,transformers,peft,accelerate as a;"
          "print(json.dumps({m.__name__: m.__version__ for m in (torch,trl,diffusers,transformers,peft,a)}))"],
@@ -513,29 +521,22 @@ def main() -> None:
         "time_to_reward_definition": (f"training seconds (evaluation excluded) until the mean reward on held-out noise "
                                       f"({EVAL_PER_PROMPT} samples x {len(load_prompts())} prompts, seed {EVAL_SEED}) "
                                       f"first exceeds the base model's by the task's target_gain; evaluated every "
-                                      f"{EVAL_EVERY} epochs, at most {max_epochs} epochs; training seed 42 in the sweep, "
-                                      f"seeds {SEEDS} as well for each engine's best setting (time_to_reward_seeds)"),
+                                      f"{EVAL_EVERY} epochs, at most {dict(TASKS)} (task: target, epochs), training seeds {seeds}; "
+                                      "a setting's time is the median over the seeds"),
     }
     if "timing" not in skip:
         result["timing"] = timing(repeats, epochs, log)
     if "sweep" not in skip:
         ours_only = {} if args.quick else OURS_ONLY
         result["sweep_settings"], result["sweep_settings_ours_only"] = settings, ours_only
-        result["time_to_reward"] = sweep(settings, TASKS, max_epochs, log, ours_only)
+        result["time_to_reward"] = previous.get("time_to_reward", {}) | sweep(settings, tasks, seeds, log, ours_only)
     if "ablation" not in skip and not args.quick:
-        result["ablation_ours"] = ablation(result.get("time_to_reward", previous.get("time_to_reward")), max_epochs, log)
-    if "seeds" not in skip and not args.quick:
-        sweep_results = result.get("time_to_reward", previous.get("time_to_reward"))
-        if sweep_results is None:
-            sys.exit("the seeds part needs the sweep's results: run it with the sweep, or with --merge and a JSON that has them")
-        result["time_to_reward_seeds"] = seed_repeats(sweep_results, log)
+        result["ablation_ours"] = ablation(result.get("time_to_reward", previous.get("time_to_reward")), seeds, log)
     result["benchmark_wall_s"] = round(time.perf_counter() - start, 1)
     if args.quick:
         print(json.dumps(result, indent=1))
         return
     if previous:
-        if "time_to_reward_seeds" in result:
-            previous.pop("seed_check", None)  # session 8's one-setting seed rerun, superseded by time_to_reward_seeds
         result = previous | {k: v for k, v in result.items() if k != "benchmark_wall_s"} | {
             "benchmark_wall_s": round(previous.get("benchmark_wall_s", 0) + result["benchmark_wall_s"], 1)}
     result = {"summary": summarise(result)} | {k: v for k, v in result.items() if k != "summary"}
