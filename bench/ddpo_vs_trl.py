@@ -387,10 +387,18 @@ def reward_run(engine: str, setting: dict, task: str, target: float | None, max_
                                                for p in curve]}
 
 
+def never_last(seconds: float | None) -> float:
+    """Sort key for crossing times: a run that never crossed (None) ranks after every run that did."""
+    return float("inf") if seconds is None else seconds
+
+
 def median_time(times: list[float | None]) -> float | None:
-    """Median crossing time over seeds; a seed that never crossed ranks after every seed that did."""
-    ranked = sorted(times, key=lambda t: float("inf") if t is None else t)
-    return ranked[len(ranked) // 2]
+    """Median crossing time over seeds."""
+    return sorted(times, key=never_last)[len(times) // 2]
+
+
+def seed_runs(engine: str, setting: dict, task: str, target: float, max_epochs: int, seeds: tuple[int, ...]) -> dict:
+    return {str(seed): reward_run(engine, setting, task, target, max_epochs, seed) for seed in seeds}
 
 
 def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: dict | None = None) -> dict:
@@ -400,7 +408,7 @@ def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: d
     for task, (target, max_epochs) in tasks.items():
         results[task] = {"target_gain": target, "max_epochs": max_epochs, "ours": {}, "trl": {}}
         for name, setting, e in jobs:
-            runs = {str(seed): reward_run(e, setting, task, target, max_epochs, seed) for seed in seeds}
+            runs = seed_runs(e, setting, task, target, max_epochs, seeds)
             times = [r["time_to_target_s"] for r in runs.values()]
             results[task][e][name] = {
                 "median_time_to_target_s": median_time(times),
@@ -409,10 +417,8 @@ def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: d
                 "seeds": runs}
             log(f"{task:<22} {e:<4} {name:<50} time to +{target} by seed: {dict(zip(runs, times))}")
         for e in ("ours", "trl"):
-            runs = results[task][e]
-            rank = lambda n: (float("inf") if runs[n]["median_time_to_target_s"] is None  # noqa: E731
-                              else runs[n]["median_time_to_target_s"], -runs[n]["median_best_gain"])
-            best = min(runs, key=rank)
+            runs = results[task][e]  # fastest median; among settings whose median never crossed, the largest gain
+            best = min(runs, key=lambda n: (never_last(runs[n]["median_time_to_target_s"]), -runs[n]["median_best_gain"]))
             results[task][f"{e}_best"] = {"setting": best, "median_time_to_target_s": runs[best]["median_time_to_target_s"],
                                           "time_to_target_s": {seed: r["time_to_target_s"]
                                                                for seed, r in runs[best]["seeds"].items()}}
@@ -446,19 +452,17 @@ def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
                      "note": "same gradient either way (pinned by the tests); only time and memory change"}
         log(f"ablation {name:<36} {out[name]}")
     (target, max_epochs), ours = TASKS[TASTE_TASK], (sweep_results or {}).get(TASTE_TASK, {}).get("ours", {})
-    one_per_prompt = "lora r4, lr 1e-2, clip 1e-2, 1/prompt"
+    one_per_prompt, x0 = "lora r4, lr 1e-2, clip 1e-2, 1/prompt", "x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt"
     variants = {  # name: (setting, the sweep's runs of it or None to run it here)
         "baseline (per-prompt on, 4 samples/prompt)": (TIMING_SETTING, ours.get(BASELINE)),
         "per-prompt advantages off": (TIMING_SETTING | dict(per_prompt_stat_tracking=False), None),
         "1 sample per prompt": (SWEEP[one_per_prompt], ours.get(one_per_prompt)),
         "1 sample per prompt, prompts drawn independently (as trl's prompt function does)":
             (SWEEP[one_per_prompt] | dict(balanced_prompts=False), None),
-        "state baseline on": (OURS_ONLY["x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt"],
-                              ours.get("x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt")),
+        "state baseline on": (OURS_ONLY[x0], ours.get(x0)),
     }
     for name, (setting, swept) in variants.items():
-        runs = swept["seeds"] if swept else {str(seed): reward_run("ours", setting, TASTE_TASK, target, max_epochs, seed)
-                                             for seed in seeds}
+        runs = swept["seeds"] if swept else seed_runs("ours", setting, TASTE_TASK, target, max_epochs, seeds)
         times = {seed: r["time_to_target_s"] for seed, r in runs.items()}
         out[f"{TASTE_TASK}: {name}"] = {"median_time_to_target_s": median_time(list(times.values())),
                                         "time_to_target_s": times}
@@ -521,7 +525,7 @@ def main() -> None:
         "time_to_reward_definition": (f"training seconds (evaluation excluded) until the mean reward on held-out noise "
                                       f"({EVAL_PER_PROMPT} samples x {len(load_prompts())} prompts, seed {EVAL_SEED}) "
                                       f"first exceeds the base model's by the task's target_gain; evaluated every "
-                                      f"{EVAL_EVERY} epochs, at most {dict(TASKS)} (task: target, epochs), training seeds {seeds}; "
+                                      f"{EVAL_EVERY} epochs, at most {TASKS} (task: target, epochs), training seeds {seeds}; "
                                       "a setting's time is the median over the seeds"),
     }
     if "timing" not in skip:
