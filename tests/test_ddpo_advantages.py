@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages, state_baseline
+from rlhf.ddpo.advantages import PerPromptStatTracker, StateBaselineFit, clip_advantages, state_baseline
 
 
 def test_each_prompt_normalised_to_mean_zero_std_one():
@@ -108,3 +108,31 @@ def test_state_baseline_that_predicts_the_reward_leaves_zero_advantage_and_never
     assert removed[1] == pytest.approx(1.0) and 0 <= removed[0] < removed[2] < 1
     plain = PerPromptStatTracker(buffer_size=16, min_count=16).update(prompts, rewards)
     assert (advantages[:, 2] ** 2).mean() < 0.1 * (plain**2).mean() and (advantages[:, 0] ** 2).mean() <= (plain**2).mean()
+
+
+def test_history_fit_uses_the_first_batch_on_itself_then_only_earlier_batches_slopes():
+    fit = StateBaselineFit(buffer_size=4)
+    first_r, first_v = np.array([1.0, 3.0, 10.0, 14.0]), np.array([[0.0], [1.0], [0.0], [4.0]])
+    groups = ["a", "a", "b", "b"]
+    baseline, _ = fit(first_r, first_v, groups)
+    np.testing.assert_allclose(baseline, state_baseline(first_r, first_v, groups)[0])
+    beta = (0.5 + 0.5 + 4 + 4) / (0.25 + 0.25 + 4 + 4)  # first batch: centred r -1, 1, -2, 2 on v -0.5, 0.5, -2, 2
+    second_r, second_v = np.array([0.0, 2.0]), np.array([[5.0], [1.0]])  # centred r -1, 1 on v 2, -2: slope -0.5
+    baseline, removed = fit(second_r, second_v, ["c", "c"])
+    np.testing.assert_allclose(baseline[:, 0], beta * np.array([2.0, -2.0]))  # the first batch's slope, not -0.5
+    assert removed[0] < 0  # a slope that has moved adds variance, which a same-batch fit never does
+    third, _ = fit(np.array([0.0, 1.0]), np.array([[0.0], [1.0]]), ["d", "d"])
+    kept_r, kept_v = np.array([-2.0, 2.0, -1.0, 1.0]), np.array([-2.0, 2.0, 2.0, -2.0])  # the last 4 samples
+    np.testing.assert_allclose(third[:, 0], (kept_r @ kept_v) / (kept_v @ kept_v) * np.array([-0.5, 0.5]))
+
+
+def test_history_fit_state_round_trips_and_refuses_another_size():
+    rng = np.random.default_rng(0)
+    fit = StateBaselineFit(buffer_size=6)
+    fit(rng.normal(size=4), rng.normal(size=(4, 3)), ["a", "a", "b", "b"])
+    restored = StateBaselineFit(buffer_size=6)
+    restored.load_state_dict(fit.state_dict())
+    r, v = rng.normal(size=4), rng.normal(size=(4, 3))
+    np.testing.assert_array_equal(fit(r, v, ["a"] * 4)[0], restored(r, v, ["a"] * 4)[0])
+    with pytest.raises(ValueError, match="x0_baseline_history"):
+        StateBaselineFit(buffer_size=5).load_state_dict(fit.state_dict())

@@ -23,6 +23,7 @@ def test_cli_runs_an_epoch_and_summarises_it(tmp_path, capsys):
         (["--set", "eta=0"], "eta=0 gives a deterministic sampler"),
         (["--set", "learning_rat=1"], "unknown DDPO setting(s) ['learning_rat']"),
         (["--set", "x0_baseline=true", "--set", "samples_per_prompt=1"], "set samples_per_prompt >= 2"),
+        (["--set", "x0_baseline_history=64"], "x0_baseline_history needs x0_baseline=true"),
         (["--prompts", "nope.txt"], "no such prompt file"),
         (["--model", "/no/such/model"], "no pipeline folder at /no/such/model"),
         (["--reward", "sweetness"], "unknown reward 'sweetness'"),

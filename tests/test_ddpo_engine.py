@@ -84,17 +84,19 @@ def test_exported_lora_loads_in_a_fresh_pipeline_and_changes_its_output(tmp_path
     assert np.abs(after - before).max() > 1e-3
 
 
-def test_resume_continues_with_identical_state(tmp_path):
-    straight = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path / "a")
+@pytest.mark.parametrize("changes", [{}, dict(num_steps=2, x0_baseline=True, x0_baseline_history=8)])
+def test_resume_continues_with_identical_state(tmp_path, changes):
+    cfg = tiny_config(**changes)
+    straight = DDPOTrainer(load_pipeline(), TasteReward("red"), cfg, tmp_path / "a")
     expected = [straight.train_epoch() for _ in range(3)]
-    first = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path / "b")
+    first = DDPOTrainer(load_pipeline(), TasteReward("red"), cfg, tmp_path / "b")
     first.train_epoch(), first.train_epoch()
     first.save_checkpoint()
-    resumed = DDPOTrainer(load_pipeline(), TasteReward("red"), tiny_config(), tmp_path / "b")
+    resumed = DDPOTrainer(load_pipeline(), TasteReward("red"), cfg, tmp_path / "b")
     resumed.load_checkpoint(latest_checkpoint(tmp_path / "b"))
     got = resumed.train_epoch()
     assert resumed.epoch == 3
-    for key in ("reward/mean", "loss/policy", "ppo/approx_kl"):
+    for key in ("reward/mean", "loss/policy", "ppo/approx_kl") + (("baseline/variance_removed",) if changes else ()):
         assert got[key] == pytest.approx(expected[2][key], rel=1e-5, abs=1e-9), key
     a = dict(straight.accelerator.unwrap_model(straight.unet).named_parameters())
     for name, p in resumed.accelerator.unwrap_model(resumed.unet).named_parameters():

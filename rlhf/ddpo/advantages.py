@@ -106,10 +106,17 @@ def state_baseline(rewards: np.ndarray, values: np.ndarray, groups: Sequence) ->
     early. So that a loose one cannot add variance, each step t uses b = beta_t * (v_t - its group mean), with
     beta_t the least-squares fit of the group-centred rewards on the group-centred v_t over the batch (a fit
     on the same batch, so biased by O(1/N)): the variance left is (1 - corr_t^2) of the group-centred rewards.
+    `StateBaselineFit` fits beta_t on earlier batches instead.
 
     Returns the baseline (N, T) in reward units, zero-mean within each group (prompt), and per step the share
     of the group-centred reward variance it removes, (T,).
     """
+    r, v = centre_in_groups(rewards, values, groups)
+    return _apply(fit_beta(r, v), r, v)
+
+
+def centre_in_groups(rewards: np.ndarray, values: np.ndarray, groups: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards (N,) and values (N, T) less their group (prompt) means."""
     rewards = np.asarray(rewards, dtype=np.float64)  # (N,)
     values = np.asarray(values, dtype=np.float64)  # (N, T)
     if values.ndim != 2 or values.shape[0] != len(rewards) or len(groups) != len(rewards):
@@ -120,10 +127,54 @@ def state_baseline(rewards: np.ndarray, values: np.ndarray, groups: Sequence) ->
         mask = group_array == group  # (N,)
         r[mask] -= r[mask].mean()
         v[mask] -= v[mask].mean(axis=0)
-    beta = (r[:, None] * v).sum(0) / np.maximum((v * v).sum(0), 1e-12)  # (T,)
+    return r, v
+
+
+def fit_beta(r: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Per step, the least-squares slope (T,) of centred rewards (N,) on centred values (N, T)."""
+    return (r[:, None] * v).sum(0) / np.maximum((v * v).sum(0), 1e-12)
+
+
+def _apply(beta: np.ndarray, r: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     baseline = beta * v  # (N, T)
     removed = 1 - ((r[:, None] - baseline) ** 2).sum(0) / max((r * r).sum(), 1e-12)  # (T,)
     return baseline, removed
+
+
+class StateBaselineFit:
+    """`state_baseline` with beta_t fitted on the last ``buffer_size`` samples of earlier batches.
+
+    With a few samples a batch the same-batch fit is noisy (10 slopes from 8 samples of 2 prompts), and it
+    feeds each sample's own reward back into its baseline. Slopes from earlier batches are independent of the
+    batch they are applied to, so the baseline is exactly unbiased, and they rest on many more samples; they
+    can add variance where the slope has moved since (``removed`` < 0 then). The first batch, with no history,
+    is fitted on itself.
+    """
+
+    def __init__(self, buffer_size: int) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size={buffer_size} must be >= 1 (samples of earlier batches to fit on).")
+        self.buffer_size = buffer_size
+        self._r: deque[float] = deque(maxlen=buffer_size)
+        self._v: deque[list[float]] = deque(maxlen=buffer_size)
+
+    def __call__(self, rewards: np.ndarray, values: np.ndarray, groups: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """Baseline (N, T) and variance removed (T,) as `state_baseline`; then adds the batch to the history."""
+        r, v = centre_in_groups(rewards, values, groups)
+        beta = fit_beta(np.array(self._r), np.array(self._v)) if self._r else fit_beta(r, v)
+        self._r.extend(r.tolist())
+        self._v.extend(v.tolist())
+        return _apply(beta, r, v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer_size": self.buffer_size, "rewards": list(self._r), "values": list(self._v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["buffer_size"] != self.buffer_size:
+            raise ValueError(f"checkpoint has a baseline history of {state['buffer_size']} samples but this run "
+                             f"keeps {self.buffer_size}; resume with the checkpoint's x0_baseline_history.")
+        self._r = deque(state["rewards"], maxlen=self.buffer_size)
+        self._v = deque(state["values"], maxlen=self.buffer_size)
 
 
 def clip_advantages(advantages: Advantages, limit: float) -> Advantages:

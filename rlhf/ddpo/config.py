@@ -49,6 +49,9 @@ class DDPOConfig:
     x0_baseline: bool = False
     """subtract from each step's advantage a fitted multiple of the reward of that step's predicted x_0, an unbiased
     state baseline (not in the reference; see advantages.state_baseline); costs a VAE decode and reward per step"""
+    x0_baseline_history: int = 0
+    """with ``x0_baseline``: fit the baseline's per-step slopes on this many samples of earlier batches
+    (advantages.StateBaselineFit), not on the current batch (0); for small batches"""
     kl_coef: float = 0.0
     """weight of the per-step KL to the base model (not in the reference); guards against over-optimisation"""
 
@@ -89,6 +92,10 @@ class DDPOConfig:
             problems.append("samples per epoch must be a multiple of train_batch_size")
         if self.sample_batch_size % self.samples_per_prompt:
             problems.append(f"sample_batch_size={self.sample_batch_size} is not a multiple of samples_per_prompt={self.samples_per_prompt}")
+        if self.x0_baseline_history and not self.x0_baseline:
+            problems.append("x0_baseline_history needs x0_baseline=true")
+        if self.x0_baseline_history < 0:
+            problems.append(f"x0_baseline_history={self.x0_baseline_history} must be >= 0 (0: fit on the current batch)")
         if self.x0_baseline and self.per_prompt_stat_tracking and self.samples_per_prompt < 2:
             problems.append("x0_baseline centres predicted-x_0 rewards over each prompt's own samples; set samples_per_prompt >= 2")
         if not self.prompts:

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from rlhf.ddpo.advantages import PerPromptStatTracker, clip_advantages, state_baseline
+from rlhf.ddpo.advantages import PerPromptStatTracker, StateBaselineFit, clip_advantages, state_baseline
 from rlhf.ddpo.config import DDPOConfig
 from rlhf.ddpo.logprob import ddim_step, gaussian_kl
 from rlhf.ddpo.loss import policy_loss, score_function_loss
@@ -64,6 +64,7 @@ class DDPOTrainer:
         self.prompt_queue: list[int] = []  # the rest of the current pass over the prompts (balanced_prompts)
         self._prepare_models()
         self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+        self.baseline_fit = StateBaselineFit(cfg.x0_baseline_history) if cfg.x0_baseline_history else None
         self.scheduler = make_scheduler(pipe, cfg.num_steps)
         self.epoch = 0
         self.saved_epoch: int | None = None
@@ -161,7 +162,7 @@ class DDPOTrainer:
         if values is not None:
             all_values = acc.gather(torch.as_tensor(values, device=acc.device)).cpu().numpy()  # (N, T)
             groups = all_prompts if self.cfg.per_prompt_stat_tracking else [0] * len(all_prompts)
-            baseline, removed = state_baseline(all_rewards, all_values, groups)
+            baseline, removed = (self.baseline_fit or state_baseline)(all_rewards, all_values, groups)
             info["baseline/variance_removed"] = float(removed.mean())
         if self.cfg.per_prompt_stat_tracking:
             adv = self.stats.update(all_prompts, all_rewards, baseline)
@@ -317,6 +318,7 @@ class DDPOTrainer:
             "epoch": self.epoch, "base": self.base, "config": dataclasses.asdict(self.cfg),
             "trainable": {n: p.detach().cpu() for n, p in unet.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(), "stats": self.stats.state_dict(), "rng": self._rng_state(),
+            "baseline_fit": self.baseline_fit.state_dict() if self.baseline_fit else None,
         }, tmp / "trainer_state.pt")
         crashpoint("checkpoint")
         shutil.rmtree(final, ignore_errors=True)
@@ -348,6 +350,11 @@ class DDPOTrainer:
         state = self.load_policy(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.stats.load_state_dict(state["stats"])
+        if self.baseline_fit:
+            if state.get("baseline_fit") is None:
+                raise CheckpointError(f"checkpoint {path} was trained without x0_baseline_history; resume with the settings "
+                                      "it was trained with")
+            self.baseline_fit.load_state_dict(state["baseline_fit"])
         rng = state["rng"]
         self.rng.bit_generator.state = rng["numpy"]
         torch.set_rng_state(rng["torch"])
