@@ -25,7 +25,7 @@ project on PYTHONPATH for the rewards and the evaluation), so peak memory is per
   medians; when trl's median run never got there it is an upper bound, ours' median over trl's longest training
   time in that setting; null, with the reason, when ours' median run never got there. Ours also runs
   ``OURS_ONLY``: the sweep's LoRA settings with its per-step state baseline (``x0_baseline``), an engine choice trl
-  does not have.
+  does not have, with the baseline's slopes fitted on the current batch or on 64 samples of earlier batches.
 * Ablations of our engine's choices (timesteps per forward, per-prompt advantages, samples per prompt, the state
   baseline).
 
@@ -72,6 +72,11 @@ SWEEP = {
 OURS_ONLY = {
     "x0 baseline, lora r4, lr 3e-3, clip 1e-3, 4/prompt": dict(SWEEP["lora r4, lr 3e-3, clip 1e-3, 4/prompt"], x0_baseline=True),
     "x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt": dict(SWEEP["lora r4, lr 1e-2, clip 1e-2, 4/prompt"], x0_baseline=True),
+    # the baseline's slopes fitted on the last 64 samples (8 epochs) of earlier batches, not on the 8 of this one
+    "x0 baseline from history, lora r4, lr 3e-3, clip 1e-3, 4/prompt":
+        dict(SWEEP["lora r4, lr 3e-3, clip 1e-3, 4/prompt"], x0_baseline=True, x0_baseline_history=64),
+    "x0 baseline from history, lora r4, lr 1e-2, clip 1e-2, 4/prompt":
+        dict(SWEEP["lora r4, lr 1e-2, clip 1e-2, 4/prompt"], x0_baseline=True, x0_baseline_history=64),
 }
 SEEDS = (42, 1, 2)  # training seeds of every sweep setting
 BASELINE = "lora r4, lr 1e-2, clip 1e-2, 4/prompt"  # = TIMING_SETTING; the ablation's reference
@@ -401,12 +406,20 @@ def seed_runs(engine: str, setting: dict, task: str, target: float, max_epochs: 
     return {str(seed): reward_run(engine, setting, task, target, max_epochs, seed) for seed in seeds}
 
 
-def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: dict | None = None) -> dict:
+def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: dict | None = None,
+          previous: dict | None = None) -> dict:
+    """Runs the settings on the tasks; a task's runs in ``previous`` (an earlier sweep's results) are kept unless
+    run again, and each engine's best and the ratio are chosen over all of them."""
     results = {}
     jobs = [(name, setting, e) for name, setting in settings.items() for e in ("ours", "trl")]
     jobs += [(name, setting, "ours") for name, setting in (ours_only or {}).items()]
     for task, (target, max_epochs) in tasks.items():
-        results[task] = {"target_gain": target, "max_epochs": max_epochs, "ours": {}, "trl": {}}
+        before = (previous or {}).get(task, {})
+        if before and (before["target_gain"], before["max_epochs"]) != (target, max_epochs):
+            sys.exit(f"{task}: the results to merge into were run to +{before['target_gain']} in {before['max_epochs']} "
+                     f"epochs, not +{target} in {max_epochs}; run the whole sweep without --merge")
+        results[task] = {"target_gain": target, "max_epochs": max_epochs,
+                         "ours": dict(before.get("ours", {})), "trl": dict(before.get("trl", {}))}
         for name, setting, e in jobs:
             runs = seed_runs(e, setting, task, target, max_epochs, seeds)
             times = [r["time_to_target_s"] for r in runs.values()]
@@ -453,6 +466,7 @@ def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
         log(f"ablation {name:<36} {out[name]}")
     (target, max_epochs), ours = TASKS[TASTE_TASK], (sweep_results or {}).get(TASTE_TASK, {}).get("ours", {})
     one_per_prompt, x0 = "lora r4, lr 1e-2, clip 1e-2, 1/prompt", "x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt"
+    x0_history = "x0 baseline from history, lora r4, lr 1e-2, clip 1e-2, 4/prompt"
     variants = {  # name: (setting, the sweep's runs of it or None to run it here)
         "baseline (per-prompt on, 4 samples/prompt)": (TIMING_SETTING, ours.get(BASELINE)),
         "per-prompt advantages off": (TIMING_SETTING | dict(per_prompt_stat_tracking=False), None),
@@ -460,6 +474,7 @@ def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
         "1 sample per prompt, prompts drawn independently (as trl's prompt function does)":
             (SWEEP[one_per_prompt] | dict(balanced_prompts=False), None),
         "state baseline on": (OURS_ONLY[x0], ours.get(x0)),
+        "state baseline on, slopes fitted on 64 earlier samples": (OURS_ONLY[x0_history], ours.get(x0_history)),
     }
     for name, (setting, swept) in variants.items():
         runs = swept["seeds"] if swept else seed_runs("ours", setting, TASTE_TASK, target, max_epochs, seeds)
@@ -494,6 +509,8 @@ def main() -> None:
                         "(all parts skipped: only rewrites the summary)")
     parser.add_argument("--tasks", type=lambda v: v.split(","), default=list(TASKS),
                         help=f"comma-separated tasks for the sweep (default all: {','.join(TASKS)})")
+    parser.add_argument("--settings", default="", help="sweep only the settings whose name contains this text, "
+                        "keeping the others' runs from --out (needs --merge)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.worker:
@@ -509,10 +526,17 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown task(s) {sorted(unknown)}; known: {sorted(TASKS)}")
     tasks = {task: TASKS[task] for task in args.tasks}
-    settings, seeds, repeats, epochs = SWEEP, SEEDS, args.repeats, 2
+    settings, ours_only, seeds, repeats, epochs = SWEEP, OURS_ONLY, SEEDS, args.repeats, 2
+    if args.settings:
+        if not args.merge:
+            sys.exit("--settings keeps the other settings' runs from --out: add --merge")
+        settings = {n: s for n, s in SWEEP.items() if args.settings in n}
+        ours_only = {n: s for n, s in OURS_ONLY.items() if args.settings in n}
+        if not settings and not ours_only:
+            sys.exit(f"no sweep setting's name contains {args.settings!r}; they are: {sorted(SWEEP) + sorted(OURS_ONLY)}")
     if args.quick:
         tasks = {task: (target, 2) for task, (target, _) in tasks.items()}
-        settings, seeds, repeats, epochs = {BASELINE: SWEEP[BASELINE]}, SEEDS[:1], 1, 1
+        settings, ours_only, seeds, repeats, epochs = {BASELINE: SWEEP[BASELINE]}, {}, SEEDS[:1], 1, 1
     versions = json.loads(subprocess.run(
         [str(TRL_PYTHON), "-c", "import json,torch,trl,diffusers,transformers,peft,accelerate as a;"
          "print(json.dumps({m.__name__: m.__version__ for m in (torch,trl,diffusers,transformers,peft,a)}))"],
@@ -531,9 +555,9 @@ def main() -> None:
     if "timing" not in skip:
         result["timing"] = timing(repeats, epochs, log)
     if "sweep" not in skip:
-        ours_only = {} if args.quick else OURS_ONLY
-        result["sweep_settings"], result["sweep_settings_ours_only"] = settings, ours_only
-        result["time_to_reward"] = previous.get("time_to_reward", {}) | sweep(settings, tasks, seeds, log, ours_only)
+        result["sweep_settings"], result["sweep_settings_ours_only"] = (settings, ours_only) if args.quick else (SWEEP, OURS_ONLY)
+        done = previous.get("time_to_reward", {})
+        result["time_to_reward"] = done | sweep(settings, tasks, seeds, log, ours_only, done if args.settings else None)
     if "ablation" not in skip and not args.quick:
         result["ablation_ours"] = ablation(result.get("time_to_reward", previous.get("time_to_reward")), seeds, log)
     result["benchmark_wall_s"] = round(time.perf_counter() - start, 1)
