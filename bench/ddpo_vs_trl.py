@@ -26,6 +26,8 @@ project on PYTHONPATH for the rewards and the evaluation), so peak memory is per
   time in that setting; null, with the reason, when ours' median run never got there. Ours also runs
   ``OURS_ONLY``: the sweep's LoRA settings with its per-step state baseline (``x0_baseline``), an engine choice trl
   does not have, with the baseline's slopes fitted on the current batch or on 64 samples of earlier batches.
+* Seed check: each engine's chosen setting per task trained again with ``CHECK_SEEDS``, which the choice never
+  saw, for the whole epoch budget, so it also shows whether a gain holds once reached.
 * Ablations of our engine's choices (timesteps per forward, per-prompt advantages, samples per prompt, the state
   baseline).
 
@@ -79,6 +81,7 @@ OURS_ONLY = {
         dict(SWEEP["lora r4, lr 1e-2, clip 1e-2, 4/prompt"], x0_baseline=True, x0_baseline_history=64),
 }
 SEEDS = (42, 1, 2)  # training seeds of every sweep setting
+CHECK_SEEDS = (3, 4, 5)  # fresh seeds for each engine's chosen setting, which was chosen on SEEDS
 BASELINE = "lora r4, lr 1e-2, clip 1e-2, 4/prompt"  # = TIMING_SETTING; the ablation's reference
 # Fixed tasks and target gains of the held-out mean reward over the base model (taste:striped is in [0, 1], about
 # 0.15 for the base model with a within-prompt std of 0.15; jpeg_incompressibility is kB at quality 95, about 1.0
@@ -381,13 +384,16 @@ def timing(repeats: int, epochs: int, log) -> dict:
     }
 
 
-def reward_run(engine: str, setting: dict, task: str, target: float | None, max_epochs: int, seed: int = 42) -> dict:
+def reward_run(engine: str, setting: dict, task: str, target: float | None, max_epochs: int, seed: int = 42,
+               stop: bool = True) -> dict:
+    """Trains from the base model, evaluating every EVAL_EVERY epochs; stops at the target unless ``stop`` is off."""
     curve = run_job(dict(kind="reward", engine=engine, setting=setting, reward=task, max_epochs=max_epochs,
-                         eval_every=EVAL_EVERY, stop_at=target, seed=seed))["curve"]
+                         eval_every=EVAL_EVERY, stop_at=target if stop else None, seed=seed))["curve"]
     base = curve[0]["eval"]
     return {"time_to_target_s": time_to_target(curve, target) if target is not None else None,
             "time_to_target_cpu_s": time_to_target(curve, target, "train_cpu_s") if target is not None else None,
             "base": round(base, 4), "best_gain": round(max(p["eval"] for p in curve) - base, 4),
+            "last_gain": round(curve[-1]["eval"] - base, 4),
             "curve_epoch_train_s_cpu_s_eval": [[p["epoch"], p["train_s"], p["train_cpu_s"], round(p["eval"], 4)]
                                                for p in curve]}
 
@@ -402,8 +408,9 @@ def median_time(times: list[float | None]) -> float | None:
     return sorted(times, key=never_last)[len(times) // 2]
 
 
-def seed_runs(engine: str, setting: dict, task: str, target: float, max_epochs: int, seeds: tuple[int, ...]) -> dict:
-    return {str(seed): reward_run(engine, setting, task, target, max_epochs, seed) for seed in seeds}
+def seed_runs(engine: str, setting: dict, task: str, target: float, max_epochs: int, seeds: tuple[int, ...],
+              stop: bool = True) -> dict:
+    return {str(seed): reward_run(engine, setting, task, target, max_epochs, seed, stop) for seed in seeds}
 
 
 def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: dict | None = None,
@@ -451,6 +458,25 @@ def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: d
     return results
 
 
+def seed_check(time_to_reward: dict, seeds: tuple[int, ...], log) -> dict:
+    """Each engine's chosen setting trained again with seeds the choice never saw, for the whole epoch budget
+    (not stopped at the target), so the figures also show whether a gain, once reached, holds."""
+    out = {"seeds": seeds, "note": "each engine's fastest sweep setting per task; runs not stopped at the target"}
+    for task, r in time_to_reward.items():
+        out[task] = {}
+        for e in ("ours", "trl"):
+            name = r[f"{e}_best"]["setting"]
+            runs = seed_runs(e, (SWEEP | OURS_ONLY)[name], task, r["target_gain"], r["max_epochs"], seeds, stop=False)
+            times = {seed: run["time_to_target_s"] for seed, run in runs.items()}
+            out[task][e] = {"setting": name, "median_time_to_target_s": median_time(list(times.values())),
+                            "time_to_target_s": times, "seeds": runs}
+            log(f"check {task:<22} {e:<4} {name:<50} time to +{r['target_gain']} by seed: {times}, last gain "
+                f"{[run['last_gain'] for run in runs.values()]}")
+        ours_s, trl_s = out[task]["ours"]["median_time_to_target_s"], out[task]["trl"]["median_time_to_target_s"]
+        out[task]["time_to_reward_ratio"] = round(ours_s / trl_s, 3) if ours_s is not None and trl_s is not None else None
+    return out
+
+
 def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
     """Our engine with one choice changed at a time from BASELINE (= the timing setting): epoch time and memory,
     and time to reward on the taste task over the sweep's seeds (the sweep's own runs where it has the setting)."""
@@ -496,6 +522,8 @@ def summarise(result: dict) -> dict:
         "time_to_reward_ratio_below": {task: r["time_to_reward_ratio_below"] for task, r in ttr.items()
                                        if "time_to_reward_ratio_below" in r},
         "time_to_reward_s": {task: {e: r[f"{e}_best"] for e in ("ours", "trl")} for task, r in ttr.items()},
+        "time_to_reward_ratio_check_seeds": {task: r["time_to_reward_ratio"]
+                                             for task, r in result.get("seed_check", {}).items() if isinstance(r, dict)},
     }
 
 
@@ -504,7 +532,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 1 setting, 2 epochs; prints, writes nothing")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: timing, sweep, ablation")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: timing, sweep, check, ablation")
     parser.add_argument("--merge", action="store_true", help="keep the parts of --out that this run skips "
                         "(all parts skipped: only rewrites the summary)")
     parser.add_argument("--tasks", type=lambda v: v.split(","), default=list(TASKS),
@@ -558,6 +586,8 @@ def main() -> None:
         result["sweep_settings"], result["sweep_settings_ours_only"] = (settings, ours_only) if args.quick else (SWEEP, OURS_ONLY)
         done = previous.get("time_to_reward", {})
         result["time_to_reward"] = done | sweep(settings, tasks, seeds, log, ours_only, done if args.settings else None)
+    if "check" not in skip and not args.quick:
+        result["seed_check"] = seed_check(result.get("time_to_reward", previous.get("time_to_reward", {})), CHECK_SEEDS, log)
     if "ablation" not in skip and not args.quick:
         result["ablation_ours"] = ablation(result.get("time_to_reward", previous.get("time_to_reward")), seeds, log)
     result["benchmark_wall_s"] = round(time.perf_counter() - start, 1)
