@@ -68,6 +68,7 @@ SWEEP = {
     "lora r4, lr 3e-3, clip 1e-3, 4/prompt": dict(learning_rate=3e-3, clip_range=1e-3, samples_per_prompt=4, use_lora=True),
     "lora r4, lr 1e-2, clip 1e-2, 4/prompt": dict(learning_rate=1e-2, clip_range=1e-2, samples_per_prompt=4, use_lora=True),
     "lora r4, lr 1e-2, clip 1e-2, 1/prompt": dict(learning_rate=1e-2, clip_range=1e-2, samples_per_prompt=1, use_lora=True),
+    "lora r4, lr 5e-3, clip 1e-2, 4/prompt": dict(learning_rate=5e-3, clip_range=1e-2, samples_per_prompt=4, use_lora=True),
     "full, lr 1e-4, clip 1e-3, 4/prompt": dict(learning_rate=1e-4, clip_range=1e-3, samples_per_prompt=4, use_lora=False),
 }
 # this engine's own choices, swept for it alone (trl has no state baseline)
@@ -79,6 +80,8 @@ OURS_ONLY = {
         dict(SWEEP["lora r4, lr 3e-3, clip 1e-3, 4/prompt"], x0_baseline=True, x0_baseline_history=64),
     "x0 baseline from history, lora r4, lr 1e-2, clip 1e-2, 4/prompt":
         dict(SWEEP["lora r4, lr 1e-2, clip 1e-2, 4/prompt"], x0_baseline=True, x0_baseline_history=64),
+    "x0 baseline from history, lora r4, lr 5e-3, clip 1e-2, 4/prompt":
+        dict(SWEEP["lora r4, lr 5e-3, clip 1e-2, 4/prompt"], x0_baseline=True, x0_baseline_history=64),
 }
 SEEDS = (42, 1, 2)  # training seeds of every sweep setting
 CHECK_SEEDS = (3, 4, 5)  # fresh seeds for each engine's chosen setting, which was chosen on SEEDS
@@ -443,19 +446,21 @@ def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: d
                                           "time_to_target_s": {seed: r["time_to_target_s"]
                                                                for seed, r in runs[best]["seeds"].items()}}
         o, t = results[task]["ours_best"], results[task]["trl_best"]
-        ours_s, trl_s = o["median_time_to_target_s"], t["median_time_to_target_s"]
-        if ours_s is not None and trl_s is not None:
-            results[task]["time_to_reward_ratio"] = round(ours_s / trl_s, 3)
-        elif ours_s is not None:
-            results[task]["time_to_reward_ratio"] = None
-            results[task]["time_to_reward_ratio_below"] = round(
-                ours_s / results[task]["trl"][t["setting"]]["longest_train_s"], 3)
-            results[task]["ratio_reason"] = (f"trl's median seed did not reach +{target} within {max_epochs} epochs in "
-                                             "any setting: the bound is ours' median over trl's longest training time")
-        else:
-            results[task]["time_to_reward_ratio"] = None
-            results[task]["ratio_reason"] = f"ours' median seed did not reach +{target} within {max_epochs} epochs in any setting"
+        results[task] |= ratio(o["median_time_to_target_s"], t["median_time_to_target_s"],
+                               results[task]["trl"][t["setting"]]["longest_train_s"], target, max_epochs)
     return results
+
+
+def ratio(ours_s: float | None, trl_s: float | None, trl_longest_s: float, target: float, max_epochs: int) -> dict:
+    """ours / trl of the median times; when only trl's never got there, an upper bound against trl's longest run."""
+    if ours_s is not None and trl_s is not None:
+        return {"time_to_reward_ratio": round(ours_s / trl_s, 3)}
+    if ours_s is not None:
+        return {"time_to_reward_ratio": None, "time_to_reward_ratio_below": round(ours_s / trl_longest_s, 3),
+                "ratio_reason": f"trl's median seed did not reach +{target} within {max_epochs} epochs: the bound is "
+                                "ours' median over trl's longest training time"}
+    return {"time_to_reward_ratio": None,
+            "ratio_reason": f"ours' median seed did not reach +{target} within {max_epochs} epochs"}
 
 
 def seed_check(time_to_reward: dict, seeds: tuple[int, ...], log) -> dict:
@@ -472,8 +477,9 @@ def seed_check(time_to_reward: dict, seeds: tuple[int, ...], log) -> dict:
                             "time_to_target_s": times, "seeds": runs}
             log(f"check {task:<22} {e:<4} {name:<50} time to +{r['target_gain']} by seed: {times}, last gain "
                 f"{[run['last_gain'] for run in runs.values()]}")
-        ours_s, trl_s = out[task]["ours"]["median_time_to_target_s"], out[task]["trl"]["median_time_to_target_s"]
-        out[task]["time_to_reward_ratio"] = round(ours_s / trl_s, 3) if ours_s is not None and trl_s is not None else None
+        trl_longest = max(run["curve_epoch_train_s_cpu_s_eval"][-1][1] for run in out[task]["trl"]["seeds"].values())
+        out[task] |= ratio(out[task]["ours"]["median_time_to_target_s"], out[task]["trl"]["median_time_to_target_s"],
+                           trl_longest, r["target_gain"], r["max_epochs"])
     return out
 
 
@@ -522,8 +528,8 @@ def summarise(result: dict) -> dict:
         "time_to_reward_ratio_below": {task: r["time_to_reward_ratio_below"] for task, r in ttr.items()
                                        if "time_to_reward_ratio_below" in r},
         "time_to_reward_s": {task: {e: r[f"{e}_best"] for e in ("ours", "trl")} for task, r in ttr.items()},
-        "time_to_reward_ratio_check_seeds": {task: r["time_to_reward_ratio"]
-                                             for task, r in result.get("seed_check", {}).items() if isinstance(r, dict)},
+        "check_seeds": {task: {k: r[k] for k in ("time_to_reward_ratio", "time_to_reward_ratio_below") if k in r}
+                        for task, r in result.get("seed_check", {}).items() if isinstance(r, dict)},
     }
 
 
@@ -536,7 +542,7 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true", help="keep the parts of --out that this run skips "
                         "(all parts skipped: only rewrites the summary)")
     parser.add_argument("--tasks", type=lambda v: v.split(","), default=list(TASKS),
-                        help=f"comma-separated tasks for the sweep (default all: {','.join(TASKS)})")
+                        help=f"comma-separated tasks for the sweep and the seed check (default all: {','.join(TASKS)})")
     parser.add_argument("--settings", default="", help="sweep only the settings whose name contains this text, "
                         "keeping the others' runs from --out (needs --merge)")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -587,7 +593,9 @@ def main() -> None:
         done = previous.get("time_to_reward", {})
         result["time_to_reward"] = done | sweep(settings, tasks, seeds, log, ours_only, done if args.settings else None)
     if "check" not in skip and not args.quick:
-        result["seed_check"] = seed_check(result.get("time_to_reward", previous.get("time_to_reward", {})), CHECK_SEEDS, log)
+        swept = result.get("time_to_reward", previous.get("time_to_reward", {}))
+        result["seed_check"] = previous.get("seed_check", {}) | seed_check(
+            {task: r for task, r in swept.items() if task in tasks}, CHECK_SEEDS, log)
     if "ablation" not in skip and not args.quick:
         result["ablation_ours"] = ablation(result.get("time_to_reward", previous.get("time_to_reward")), seeds, log)
     result["benchmark_wall_s"] = round(time.perf_counter() - start, 1)
