@@ -26,8 +26,8 @@ project on PYTHONPATH for the rewards and the evaluation), so peak memory is per
   time in that setting; null, with the reason, when ours' median run never got there. Ours also runs
   ``OURS_ONLY``: the sweep's LoRA settings with its per-step state baseline (``x0_baseline``), an engine choice trl
   does not have, with the baseline's slopes fitted on the current batch or on 64 samples of earlier batches.
-* Seed check: each engine's chosen setting per task trained again with ``CHECK_SEEDS``, which the choice never
-  saw, for the whole epoch budget, so it also shows whether a gain holds once reached.
+* Seed check: each engine's chosen setting per task trained again with ``CHECK_SEEDS`` (or ``--check-seeds``),
+  which the choice never saw, for the whole epoch budget, so it also shows whether a gain holds once reached.
 * Ablations of our engine's choices (timesteps per forward, per-prompt advantages, samples per prompt, the state
   baseline).
 
@@ -466,9 +466,9 @@ def ratio(ours_s: float | None, trl_s: float | None, trl_longest_s: float, targe
 def seed_check(time_to_reward: dict, seeds: tuple[int, ...], log) -> dict:
     """Each engine's chosen setting trained again with seeds the choice never saw, for the whole epoch budget
     (not stopped at the target), so the figures also show whether a gain, once reached, holds."""
-    out = {"seeds": seeds, "note": "each engine's fastest sweep setting per task; runs not stopped at the target"}
+    out = {"note": "each engine's fastest sweep setting per task; runs not stopped at the target"}
     for task, r in time_to_reward.items():
-        out[task] = {}
+        out[task] = {"seeds": list(seeds)}
         for e in ("ours", "trl"):
             name = r[f"{e}_best"]["setting"]
             runs = seed_runs(e, (SWEEP | OURS_ONLY)[name], task, r["target_gain"], r["max_epochs"], seeds, stop=False)
@@ -545,6 +545,8 @@ def main() -> None:
                         help=f"comma-separated tasks for the sweep and the seed check (default all: {','.join(TASKS)})")
     parser.add_argument("--settings", default="", help="sweep only the settings whose name contains this text, "
                         "keeping the others' runs from --out (needs --merge)")
+    parser.add_argument("--check-seeds", type=lambda v: tuple(int(x) for x in v.split(",")), default=CHECK_SEEDS,
+                        help=f"comma-separated seeds for the seed check (default {','.join(map(str, CHECK_SEEDS))})")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.worker:
@@ -595,7 +597,7 @@ def main() -> None:
     if "check" not in skip and not args.quick:
         swept = result.get("time_to_reward", previous.get("time_to_reward", {}))
         result["seed_check"] = previous.get("seed_check", {}) | seed_check(
-            {task: r for task, r in swept.items() if task in tasks}, CHECK_SEEDS, log)
+            {task: r for task, r in swept.items() if task in tasks}, args.check_seeds, log)
     if "ablation" not in skip and not args.quick:
         result["ablation_ours"] = ablation(result.get("time_to_reward", previous.get("time_to_reward")), seeds, log)
     result["benchmark_wall_s"] = round(time.perf_counter() - start, 1)
