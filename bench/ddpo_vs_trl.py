@@ -416,6 +416,16 @@ def seed_runs(engine: str, setting: dict, task: str, target: float, max_epochs: 
     return {str(seed): reward_run(engine, setting, task, target, max_epochs, seed, stop) for seed in seeds}
 
 
+def setting_summary(runs: dict) -> dict:
+    """A setting's runs over the seeds: crossing times and their median, the median best gain, the longest
+    training time (what bounds a ratio when the median run never crossed), and the runs."""
+    times = {seed: r["time_to_target_s"] for seed, r in runs.items()}
+    return {"median_time_to_target_s": median_time(list(times.values())), "time_to_target_s": times,
+            "median_best_gain": round(statistics.median(r["best_gain"] for r in runs.values()), 4),
+            "longest_train_s": max(r["curve_epoch_train_s_cpu_s_eval"][-1][1] for r in runs.values()),
+            "seeds": runs}
+
+
 def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: dict | None = None,
           previous: dict | None = None) -> dict:
     """Runs the settings on the tasks; a task's runs in ``previous`` (an earlier sweep's results) are kept unless
@@ -431,20 +441,13 @@ def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: d
         results[task] = {"target_gain": target, "max_epochs": max_epochs,
                          "ours": dict(before.get("ours", {})), "trl": dict(before.get("trl", {}))}
         for name, setting, e in jobs:
-            runs = seed_runs(e, setting, task, target, max_epochs, seeds)
-            times = [r["time_to_target_s"] for r in runs.values()]
-            results[task][e][name] = {
-                "median_time_to_target_s": median_time(times),
-                "median_best_gain": round(statistics.median(r["best_gain"] for r in runs.values()), 4),
-                "longest_train_s": max(r["curve_epoch_train_s_cpu_s_eval"][-1][1] for r in runs.values()),
-                "seeds": runs}
-            log(f"{task:<22} {e:<4} {name:<50} time to +{target} by seed: {dict(zip(runs, times))}")
+            results[task][e][name] = summary = setting_summary(seed_runs(e, setting, task, target, max_epochs, seeds))
+            log(f"{task:<22} {e:<4} {name:<50} time to +{target} by seed: {summary['time_to_target_s']}")
         for e in ("ours", "trl"):
             runs = results[task][e]  # fastest median; among settings whose median never crossed, the largest gain
             best = min(runs, key=lambda n: (never_last(runs[n]["median_time_to_target_s"]), -runs[n]["median_best_gain"]))
-            results[task][f"{e}_best"] = {"setting": best, "median_time_to_target_s": runs[best]["median_time_to_target_s"],
-                                          "time_to_target_s": {seed: r["time_to_target_s"]
-                                                               for seed, r in runs[best]["seeds"].items()}}
+            results[task][f"{e}_best"] = {"setting": best} | {k: runs[best][k] for k in ("median_time_to_target_s",
+                                                                                          "time_to_target_s")}
         o, t = results[task]["ours_best"], results[task]["trl_best"]
         results[task] |= ratio(o["median_time_to_target_s"], t["median_time_to_target_s"],
                                results[task]["trl"][t["setting"]]["longest_train_s"], target, max_epochs)
@@ -472,14 +475,12 @@ def seed_check(time_to_reward: dict, seeds: tuple[int, ...], log) -> dict:
         for e in ("ours", "trl"):
             name = r[f"{e}_best"]["setting"]
             runs = seed_runs(e, (SWEEP | OURS_ONLY)[name], task, r["target_gain"], r["max_epochs"], seeds, stop=False)
-            times = {seed: run["time_to_target_s"] for seed, run in runs.items()}
-            out[task][e] = {"setting": name, "median_time_to_target_s": median_time(list(times.values())),
-                            "time_to_target_s": times, "seeds": runs}
-            log(f"check {task:<22} {e:<4} {name:<50} time to +{r['target_gain']} by seed: {times}, last gain "
-                f"{[run['last_gain'] for run in runs.values()]}")
-        trl_longest = max(run["curve_epoch_train_s_cpu_s_eval"][-1][1] for run in out[task]["trl"]["seeds"].values())
-        out[task] |= ratio(out[task]["ours"]["median_time_to_target_s"], out[task]["trl"]["median_time_to_target_s"],
-                           trl_longest, r["target_gain"], r["max_epochs"])
+            out[task][e] = summary = {"setting": name} | setting_summary(runs)
+            log(f"check {task:<22} {e:<4} {name:<50} time to +{r['target_gain']} by seed: {summary['time_to_target_s']}, "
+                f"last gain {[run['last_gain'] for run in runs.values()]}")
+        o, t = out[task]["ours"], out[task]["trl"]
+        out[task] |= ratio(o["median_time_to_target_s"], t["median_time_to_target_s"], t["longest_train_s"],
+                           r["target_gain"], r["max_epochs"])
     return out
 
 
@@ -509,11 +510,9 @@ def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
         "state baseline on, slopes fitted on 64 earlier samples": (OURS_ONLY[x0_history], ours.get(x0_history)),
     }
     for name, (setting, swept) in variants.items():
-        runs = swept["seeds"] if swept else seed_runs("ours", setting, TASTE_TASK, target, max_epochs, seeds)
-        times = {seed: r["time_to_target_s"] for seed, r in runs.items()}
-        out[f"{TASTE_TASK}: {name}"] = {"median_time_to_target_s": median_time(list(times.values())),
-                                        "time_to_target_s": times}
-        log(f"ablation {TASTE_TASK}: {name:<44} time to +{target} by seed: {times}")
+        summary = swept or setting_summary(seed_runs("ours", setting, TASTE_TASK, target, max_epochs, seeds))
+        out[f"{TASTE_TASK}: {name}"] = {k: summary[k] for k in ("median_time_to_target_s", "time_to_target_s")}
+        log(f"ablation {TASTE_TASK}: {name:<44} time to +{target} by seed: {summary['time_to_target_s']}")
     return out
 
 
