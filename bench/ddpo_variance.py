@@ -1,7 +1,7 @@
 """How much signal is in one DDPO epoch's gradient, at which denoising steps is its noise, and how much of
 that noise the predicted-x_0 state baseline (``x0_baseline``) removes?
 
-    python bench/ddpo_variance.py [--estimates 16] [--rewards taste:placed,jpeg_incompressibility]
+    python bench/ddpo_variance.py [--estimates 16] [--rewards taste:placed,jpeg_incompressibility,taste:striped]
 
 At the base model (toy preset: LoRA r4, 8 prompts x 8 trajectories x 10 steps an epoch), ``--estimates``
 independent epochs of trajectories each give the policy gradient (DDPO-IS at ratio 1, per-prompt advantages
@@ -82,7 +82,7 @@ def snr(g: torch.Tensor) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--estimates", type=int, default=16, help="independent epochs at the base model")
-    parser.add_argument("--rewards", default="taste:placed,jpeg_incompressibility")
+    parser.add_argument("--rewards", default="taste:placed,jpeg_incompressibility,taste:striped")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ddpo_variance.json")
     args = parser.parse_args()
     prompts = [p.text for p in load_prompts("toy_train")]

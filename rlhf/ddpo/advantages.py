@@ -100,7 +100,7 @@ def state_baseline(rewards: np.ndarray, values: np.ndarray, groups: Sequence) ->
 
     DDPO credits every step with the whole trajectory's reward r, yet late in denoising x_t has all but fixed
     the image, so those steps' score-function terms add noise and almost no signal (on the toy pipeline the
-    penultimate of 10 DDIM steps carried 73% of a gradient's noise: bench/ddpo_variance.py). Any function of
+    penultimate of 10 DDIM steps carried 73-84% of a gradient's noise: bench/ddpo_variance.py). Any function of
     the state x_t is an unbiased baseline for the step that leaves it (E[grad log pi(a | s) b(s)] = 0); the
     reward of the model's own prediction of x_0 from x_t is a cheap one that tracks r closely late and loosely
     early. So that a loose one cannot add variance, each step t uses b = beta_t * (v_t - its group mean), with
