@@ -418,8 +418,11 @@ def median_time(times: list[float | None]) -> float | None:
 
 
 def seed_runs(engine: str, setting: dict, task: str, target: float, max_epochs: int, seeds: tuple[int, ...],
-              stop: bool = True) -> dict:
-    return {str(seed): reward_run(engine, setting, task, target, max_epochs, seed, stop) for seed in seeds}
+              stop: bool = True, kept: dict | None = None) -> dict:
+    """The setting's run per seed; a seed in ``kept`` (stored runs of the same setting) is not run again."""
+    kept = kept or {}
+    return {str(seed): kept.get(str(seed)) or reward_run(engine, setting, task, target, max_epochs, seed, stop)
+            for seed in seeds}
 
 
 def setting_summary(runs: dict) -> dict:
@@ -494,8 +497,8 @@ def seed_check(time_to_reward: dict, check_seeds: dict, log, previous: dict | No
             name, stored = r[f"{e}_best"]["setting"], (previous or {}).get(task, {}).get(e, {})
             kept = {seed: run for seed, run in stored.get("seeds", {}).items() if stored["setting"] == name
                     and run["curve_epoch_train_s_cpu_s_eval"][-1][0] == r["max_epochs"]}
-            runs = {str(seed): kept.get(str(seed)) or reward_run(e, (SWEEP | OURS_ONLY)[name], task, r["target_gain"],
-                                                                 r["max_epochs"], seed, stop=False) for seed in seeds}
+            runs = seed_runs(e, (SWEEP | OURS_ONLY)[name], task, r["target_gain"], r["max_epochs"], seeds, stop=False,
+                             kept=kept)
             out[task][e] = summary = {"setting": name} | seed_mean(runs, r["target_gain"]) | setting_summary(runs)
             log(f"check {task:<22} {e:<4} {name:<50} time to +{r['target_gain']} by seed: {summary['time_to_target_s']}, "
                 f"last gain {[run['last_gain'] for run in runs.values()]}, stored runs kept {len(kept.keys() & runs.keys())}")
@@ -678,7 +681,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")
-    if "seed_check" in result:
+    if "check" not in skip:  # drawn when the check ran, not on every merge (--quick returned above)
         log(f"wrote {', '.join(str(p) for p in plot_seed_means(result['seed_check']))}")
 
 
