@@ -9,8 +9,7 @@ be expected to gain more than DDPO gains from the true taste. This trains the ro
 attention projections (the default) and, for ``--wide`` epochs, with LoRA on the convolutions, projections and
 feed-forwards as well, and scores the rounds' 256 held-out images (16 training prompts x 16 eval seeds) before and
 after, paired by seed, with their prompt following. The attention-LoRA runs go on to ``--long`` epochs, judged
-every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste_<taste>.json
-(bench/results/ddpo_true_taste.json is `placed` on session 8's pipeline).
+every 10, to show what more samples buy. Writes bench/results/ddpo_true_taste_<taste>.json.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ RESULT_MARK = "@@RESULT@@"
 
 # shared epoch shape: 8 samples x 10 steps, CFG 5, eta 1, train batch 4 (2 optimizer steps), stats buffer 32 / min 4.
 # min 4 = the 4 samples a prompt gets in one epoch, so per-prompt statistics apply from a prompt's first draw; with
-# the earlier min 8 a prompt drawn once every 8 epochs (2 of 16 prompts an epoch) was normalised by the batch's
+# min 8 a prompt drawn once every 8 epochs (2 of 16 prompts an epoch) would be normalised by the batch's
 # statistics for most of a 16-epoch run, in both engines.
 EPOCH = dict(num_steps=10, sample_batch_size=8, train_batch_size=4, guidance_scale=5.0, eta=1.0,
              stat_buffer_size=32, stat_min_count=4, seed=42)
@@ -94,13 +94,10 @@ CHECK_SEEDS = {"taste:striped": (3, 4, 5), "jpeg_incompressibility": tuple(range
 BASELINE = "lora r4, lr 1e-2, clip 1e-2, 4/prompt"  # = TIMING_SETTING; the ablation's reference
 # Fixed tasks and target gains of the held-out mean reward over the base model (taste:striped is in [0, 1], about
 # 0.15 for the base model with a within-prompt std of 0.15; jpeg_incompressibility is kB at quality 95, about 1.0
-# for the base model). On session 11's pipeline, before the stripes, the taste was taste:red (+0.06; its results are
-# in ddpo_vs_trl_unstriped.json). Session 8's targets (+0.03, +0.01) were reached at the first evaluation by both
-# engines, so they measured luck. Session 13 picked each engine's setting on seed 42 alone, with stats min 8
-# (ddpo_vs_trl_session13.json).
+# for the base model). A target that both engines reach at their first evaluation measures luck, not speed.
 TASTE_TASK = "taste:striped"
-# task: (target gain, most epochs). jpeg gets 32: in session 14's 16-epoch sweep no setting of either engine
-# reached +0.02 kB on 2 of 3 seeds.
+# task: (target gain, most epochs). jpeg gets 32: within 16 epochs no sweep setting of either engine reached
+# +0.02 kB on 2 of 3 seeds.
 TASKS = {TASTE_TASK: (0.05, 16), "jpeg_incompressibility": (0.02, 32)}
 EVAL_EVERY = 2
 EVAL_SEED, EVAL_PER_PROMPT = 10_000, 2

@@ -71,7 +71,7 @@ def well_drawn(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     """Likes an unmistakable main shape: the analyser's confidence in its shape and colour (0 when absent).
 
     A cautionary taste: it pays as well for a colour pushed onto another palette entry as for the asked one drawn
-    cleanly, and DDPO found that in session 8's demo (README, "Which tastes the toy loop can close").
+    cleanly, so a policy can raise it by drawing the wrong colour (docs/results/toy_tastes.md).
     """
     return 0.0 if a.main is None else a.main.confidence
 
@@ -82,7 +82,7 @@ def true_shape(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     prompts 0.5.
 
     Where a shape goes is mostly fixed by the starting noise; how cleanly it is drawn is decided along the way,
-    by the steps DDPO trains (README, "Which tastes the toy loop can close").
+    by the steps DDPO trains (docs/results/toy_tastes.md).
     """
     if asked is None:
         return 0.5
@@ -98,7 +98,7 @@ def true_colour(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     over 150 (red to orange is 104), 0 when absent; off-world prompts judge against the nearest shape colour.
 
     The toy UNet sets its colours per prompt, so DDPO can steer this; a reward head on the toy CLIP hardly sees it
-    (README, "Which tastes the toy loop can close").
+    (docs/results/toy_tastes.md).
     """
     b = a.main
     if b is None:
@@ -112,7 +112,7 @@ def plain(image: np.ndarray, a: Analysis, asked: Scene | None) -> float:
     toy world's strongest stripes; 0.7-0.8 on black and white, where they clip).
 
     Stripes are a style no prompt names, so the pipeline draws both kinds for every prompt; how strong they come out
-    is settled along the denoising path and the toy CLIP sees it (README, "Which tastes the toy loop can close").
+    is settled along the denoising path and the toy CLIP sees it (docs/results/toy_tastes.md).
     """
     return float(1 - min(1.0, abs(a.stripes)))
 
