@@ -20,8 +20,9 @@ def test_cli_runs_an_epoch_and_summarises_it(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "eta=0"], "eta=0 gives a deterministic sampler"),
-        (["--set", "learning_rat=1"], "unknown DDPO setting(s) ['learning_rat']"),
+        (["--set", "eta=0"], "eta=0.0 gives a deterministic sampler"),
+        (["--set", "learning_rat=1"], "unknown setting 'learning_rat'; did you mean learning_rate?"),
+        (["--set", "num_epochs=abc"], "num_epochs='abc': expected an integer"),
         (["--set", "x0_baseline=true", "--set", "samples_per_prompt=1"], "set samples_per_prompt >= 2"),
         (["--set", "x0_baseline_history=64"], "x0_baseline_history needs x0_baseline=true"),
         (["--prompts", "nope.txt"], "no such prompt file"),

@@ -141,11 +141,11 @@ def test_people_label_while_the_driver_waits(tmp_path):
 
 
 def test_bad_settings_get_one_line(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="unknown round setting"):
+    with pytest.raises(ConfigError, match="unknown setting 'pairs_per_rond'; did you mean pairs_per_round"):
         load_config("toy", overrides=["pairs_per_rond=3"])
     with pytest.raises(ConfigError, match="images_per_prompt=1"):
         load_config("toy", overrides=["images_per_prompt=1"])
-    with pytest.raises(ConfigError, match="unknown DDPO setting"):
+    with pytest.raises(ConfigError, match="unknown setting 'ddpo.learning_rat'"):
         load_config("toy", overrides=["ddpo.learning_rat=1"])
     assert load_config("sd15").mixed_precision == "fp16"
     (tmp_path / "bad.toml").write_text("pairs_per_round = [")

@@ -7,37 +7,35 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from pathlib import Path
 
 from rlhf.ddpo.config import PRESETS
 from rlhf.paths import RUNS, TOY_CLIP, TOY_PIPELINE
-
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set {text!r}: write key=value, e.g. --set learning_rate=1e-4")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+from rlhf.settings import parse_override
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.ddpo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(TOY_PIPELINE), help="pipeline folder or hub id")
-    parser.add_argument("--clip", default=str(TOY_CLIP), help="open_clip folder or name, for CLIP-based rewards")
-    parser.add_argument("--clip-pretrained", default=None)
-    parser.add_argument("--reward", default="taste:large_warm")
-    parser.add_argument("--prompts", default="toy_train", help="prompt set name or .txt/.csv file")
-    parser.add_argument("--preset", default="toy", choices=sorted(PRESETS))
-    parser.add_argument("--epochs", type=int, default=None, help="epochs to run now (default: the config's num_epochs)")
-    parser.add_argument("--run-dir", type=Path, default=RUNS / "ddpo")
+    parser = argparse.ArgumentParser(prog="python -m rlhf.ddpo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(TOY_PIPELINE),
+                        help="pipeline folder or hub id org/name[@revision] (default: the toy pipeline), "
+                             "e.g. --model stable-diffusion-v1-5/stable-diffusion-v1-5")
+    parser.add_argument("--clip", default=str(TOY_CLIP),
+                        help="open_clip folder, architecture or hub id, for CLIP-based rewards, e.g. --clip ViT-L-14")
+    parser.add_argument("--clip-pretrained", default=None, help="pretrained tag or weights file of --clip, e.g. openai")
+    parser.add_argument("--reward", default="taste:large_warm",
+                        help="jpeg_compressibility, jpeg_incompressibility, clip_score, aesthetic:<weights>, "
+                             "hpsv2:<weights>, taste:<name> or preference:<reward model folder>, e.g. --reward taste:striped")
+    parser.add_argument("--prompts", default="toy_train", help="prompt set name or .txt/.csv file, e.g. --prompts drawbench")
+    parser.add_argument("--preset", default="toy", choices=sorted(PRESETS), help="DDPO settings to start from (default toy)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs to run now (default: the config's num_epochs), e.g. --epochs 20")
+    parser.add_argument("--run-dir", type=Path, default=RUNS / "ddpo", help="where checkpoints, metrics and grids go")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    parser.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a DDPOConfig field")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a DDPO setting (docs/config.md), e.g. --set learning_rate=1e-4")
     args = parser.parse_args(argv)
 
     from rlhf.ddpo.rewards import NonFiniteReward, make_reward
@@ -47,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         prompts = [p.text for p in load_prompts(args.prompts)]
-        cfg = PRESETS[args.preset].replace(prompts=prompts, **dict(args.set)).validate()
+        cfg = PRESETS[args.preset].replace(prompts=prompts, **dict(map(parse_override, args.set))).validate()
         needs_clip = args.reward.split(":")[0] in ("clip_score", "aesthetic", "preference")
         clip = load_clip(args.clip, args.clip_pretrained) if needs_clip else None
         reward = make_reward(args.reward, clip)

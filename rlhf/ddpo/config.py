@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from rlhf.settings import coerce, out_of_range
+
 
 @dataclass
 class DDPOConfig:
@@ -35,13 +37,19 @@ class DDPOConfig:
     num_inner_epochs: int = 1
     """passes over each epoch's samples"""
     learning_rate: float = 3e-4
+    """AdamW learning rate"""
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)"""
     adam_weight_decay: float = 1e-4
+    """AdamW weight decay"""
     adam_epsilon: float = 1e-8
+    """AdamW epsilon"""
     max_grad_norm: float = 1.0
+    """gradient norm clip per optimizer step"""
     clip_range: float = 1e-4
     """PPO clip range on the ratio of per-dimension-averaged log-probs"""
     adv_clip_max: float = 5.0
+    """advantages are clipped to +- this"""
     timestep_fraction: float = 1.0
     """share of each trajectory's (shuffled) timesteps that is trained"""
     timesteps_per_forward: int = 1
@@ -57,37 +65,42 @@ class DDPOConfig:
 
     # statistics, parameters, precision
     per_prompt_stat_tracking: bool = True
+    """normalise each reward by the mean and std of recent rewards of its own prompt (else of the whole batch)"""
     stat_buffer_size: int = 16
+    """rewards kept per prompt for its statistics"""
     stat_min_count: int = 16
+    """a prompt with fewer rewards than this is normalised by the batch statistics"""
     use_lora: bool = True
+    """train a LoRA on the UNet (else fine-tune the whole UNet)"""
     lora_rank: int = 4
+    """LoRA rank"""
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     """UNet modules that get a LoRA (the reference: the attention projections)"""
     mixed_precision: str = "fp16"
     """'no', 'fp16' or 'bf16'; forced to 'no' on CPU"""
     seed: int = 42
+    """seed of the sampling noise and the prompt draws"""
     num_epochs: int = 100
+    """epochs of sampling then updating"""
     save_every: int = 20
     """epochs between checkpoints"""
     prompts: list[str] = field(default_factory=list)
     """prompts sampled uniformly each batch"""
 
     def replace(self, **changes) -> "DDPOConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown DDPO setting(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, each checked against the field's type (SettingError names a bad one)."""
+        return dataclasses.replace(self, **coerce(DDPOConfig, changes))
 
     def validate(self) -> "DDPOConfig":
-        problems = []
+        problems = out_of_range(self, at_least=AT_LEAST, above=ABOVE, one_of=ONE_OF)
         if self.eta <= 0:
             problems.append(f"eta={self.eta} gives a deterministic sampler with no log-probability; use eta > 0 (reference: 1.0)")
-        if self.loss not in ("is", "sf"):
-            problems.append(f"loss={self.loss!r}; use 'is' (importance sampling) or 'sf' (score function)")
         if not 0 < self.timestep_fraction <= 1:
             problems.append(f"timestep_fraction={self.timestep_fraction}; use a value in (0, 1]")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            problems.append(f"mixed_precision={self.mixed_precision!r}; use 'no', 'fp16' or 'bf16'")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            problems.append(f"adam_betas={self.adam_betas}: each beta must be in [0, 1)")
+        if problems:  # the checks below divide by these sizes
+            raise ValueError("bad DDPO config: " + "; ".join(problems))
         if (self.sample_batch_size * self.num_batches_per_epoch) % self.train_batch_size:
             problems.append("samples per epoch must be a multiple of train_batch_size")
         if self.sample_batch_size % self.samples_per_prompt:
@@ -103,6 +116,14 @@ class DDPOConfig:
         if problems:
             raise ValueError("bad DDPO config: " + "; ".join(problems))
         return self
+
+
+AT_LEAST = {"num_steps": 1, "sample_batch_size": 1, "num_batches_per_epoch": 1, "samples_per_prompt": 1,
+            "train_batch_size": 1, "gradient_accumulation_steps": 1, "num_inner_epochs": 1, "timesteps_per_forward": 1,
+            "stat_buffer_size": 1, "stat_min_count": 1, "lora_rank": 1, "num_epochs": 0, "save_every": 0,
+            "guidance_scale": 0, "adam_weight_decay": 0, "kl_coef": 0}
+ABOVE = {"learning_rate": 0, "clip_range": 0, "adv_clip_max": 0, "max_grad_norm": 0, "adam_epsilon": 0}
+ONE_OF = {"loss": ("is", "sf"), "mixed_precision": ("no", "fp16", "bf16")}
 
 
 PRESETS: dict[str, DDPOConfig] = {

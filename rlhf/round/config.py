@@ -13,7 +13,8 @@ from typing import Any
 
 from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
 from rlhf.paths import TOY_CLIP, TOY_PIPELINE
-from rlhf.prompts import load_prompts
+from rlhf.prompts import PromptFileError, load_prompts
+from rlhf.settings import SettingError, coerce, out_of_range, parse_override
 
 
 class ConfigError(ValueError):
@@ -24,11 +25,11 @@ class ConfigError(ValueError):
 class RoundConfig:
     # models
     pipeline: str = str(TOY_PIPELINE)
-    """diffusers text-to-image pipeline: a local folder or a hub id"""
+    """diffusers text-to-image pipeline: a local folder or a hub id org/name[@revision]"""
     clip: str = str(TOY_CLIP)
-    """open_clip backbone of the reward model: a local folder or a model name such as ViT-L-14"""
+    """open_clip backbone of the reward model: a local folder, a model name such as ViT-L-14, or a hub id"""
     clip_pretrained: str | None = None
-    """open_clip pretrained tag for a named backbone (e.g. openai)"""
+    """open_clip pretrained tag (e.g. openai) or weights file of a named backbone"""
     mixed_precision: str = "no"
     """'no', 'fp16' or 'bf16' for sampling and DDPO on a GPU; always fp32 on CPU"""
 
@@ -48,11 +49,13 @@ class RoundConfig:
 
     # reward model
     ensemble_size: int = 5
+    """reward heads in the ensemble, each fitted on a bootstrap of the labels; their spread is the uncertainty"""
     uncertainty_penalty: float = 1.0
     """DDPO reward = ensemble mean - this x ensemble std (over-optimisation guard)"""
 
     # DDPO
     ddpo_preset: str = "toy"
+    """DDPO preset the ``ddpo`` overrides apply to: 'toy' (measured on the toy world) or 'reference' (ddpo-pytorch)"""
     ddpo: dict[str, Any] = field(default_factory=lambda: {"num_epochs": 10, "kl_coef": 0.03, "save_every": 5,
                                                           "x0_baseline": True})
     """overrides of the DDPO preset (any rlhf.ddpo.config.DDPOConfig field), e.g. {num_epochs = 30}; the KL to the
@@ -61,6 +64,7 @@ class RoundConfig:
 
     # evaluation
     eval_prompts: str = "toy_eval"
+    """prompt set (name or file) that judges generalisation and prompt following; never trained on"""
     eval_prompt_count: int = 32
     """the first N prompts of eval_prompts (0: all)"""
     eval_seeds: int = 16
@@ -70,35 +74,57 @@ class RoundConfig:
     eval_prompt_seeds: int = 4
     """fixed seeds per eval prompt (generalisation and prompt following)"""
     aesthetic_weights: str | None = None
-    """LAION aesthetic predictor weights (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14), judged at eval if given"""
+    """LAION aesthetic predictor weights for the CLIP backbone (e.g. sac+logos+ava1-l14-linearMSE.pth for ViT-L-14):
+    a file or a hub file org/name/file; judged at eval when given"""
     hpsv2_weights: str | None = None
-    """HPSv2 checkpoint (HPS_v2.1_compressed.pt), judged at eval if the file exists"""
+    """HPSv2 checkpoint: a file or a hub file (xswu/HPSv2/HPS_v2.1_compressed.pt); judged at eval when given"""
     hpsv2_arch: str = "ViT-H-14"
     """the open_clip architecture of ``hpsv2_weights``"""
     seed: int = 0
+    """seed of pair selection and reward-model fitting"""
 
     def validate(self) -> RoundConfig:
-        problems = []
-        if self.eval_seeds < 1 or self.eval_prompt_seeds < 1:
-            problems.append(f"eval_seeds={self.eval_seeds}, eval_prompt_seeds={self.eval_prompt_seeds}: use at least 1 seed each")
-        if self.images_per_prompt < 2:
-            problems.append(f"images_per_prompt={self.images_per_prompt}: a pair needs at least 2 images per prompt")
-        if not 0 <= self.audit_pairs < self.pairs_per_round:
+        """Every check that needs no model: types, ranges, choices, the prompt files, the labeller and the whole
+        DDPO config the rounds will train with. Raises ConfigError with one line."""
+        from rlhf.round.labellers import parse_labeller
+
+        problems = out_of_range(self, at_least={"images_per_prompt": 2, "pairs_per_round": 1, "audit_pairs": 0,
+                                                "ensemble_size": 1, "uncertainty_penalty": 0, "eval_prompt_count": 0,
+                                                "eval_seeds": 1, "eval_prompt_seeds": 1},
+                                one_of={"ddpo_preset": tuple(DDPO_PRESETS), "mixed_precision": ("no", "fp16", "bf16")})
+        if not problems and self.audit_pairs >= self.pairs_per_round:
             problems.append(f"audit_pairs={self.audit_pairs} must be below pairs_per_round={self.pairs_per_round}")
         if not 0 <= self.random_share <= 1:
             problems.append(f"random_share={self.random_share}: use a share in [0, 1]")
-        if self.ddpo_preset not in DDPO_PRESETS:
-            problems.append(f"ddpo_preset={self.ddpo_preset!r}: choose one of {', '.join(DDPO_PRESETS)}")
-        if self.labeller != "human" and not self.labeller.startswith("synthetic:"):
-            problems.append(f"labeller={self.labeller!r}: use 'human' or 'synthetic:<taste>[:<persona>]'")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            problems.append(f"mixed_precision={self.mixed_precision!r}: use 'no', 'fp16' or 'bf16'")
         try:
-            DDPO_PRESETS.get(self.ddpo_preset, DDPO_PRESETS["toy"]).replace(**self.ddpo)
+            parse_labeller(self.labeller)
         except ValueError as e:
-            problems.append(f"ddpo overrides: {e}")
+            problems.append(f"labeller={self.labeller!r}: {e}")
+        for key in ("prompts", "eval_prompts"):
+            try:
+                load_prompts(getattr(self, key))
+            except PromptFileError as e:
+                problems.append(f"{key}: {e}")
+        if not problems:
+            try:
+                self.ddpo_config().validate()
+            except ValueError as e:
+                problems.append("ddpo: " + str(e).removeprefix("bad DDPO config: "))
         if problems:
             raise ConfigError("bad round config: " + "; ".join(problems))
+        return self
+
+    def check_models(self) -> RoundConfig:
+        """Find every model this config names (a folder, or a hub id in the cache or on the hub) without loading it,
+        so a missing one costs one line before anything is drawn. Raises ModelLoadError."""
+        from rlhf.models import resolve_clip, resolve_file, resolve_pipeline
+
+        resolve_pipeline(self.pipeline)
+        resolve_clip(self.clip, self.clip_pretrained)
+        if self.aesthetic_weights:
+            resolve_file(self.aesthetic_weights, "aesthetic head weights")
+        if self.hpsv2_weights:
+            resolve_file(self.hpsv2_weights, "HPSv2 checkpoint")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,38 +152,41 @@ PRESETS: dict[str, RoundConfig] = {
 }
 
 
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML would read it (numbers, booleans, strings with or without quotes)."""
+def merge(values: dict[str, Any], file: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """``values`` (a config as a dict), then the TOML file's keys, then ``key=value`` overrides
+    (``ddpo.num_epochs=30`` for DDPO settings); DDPO keys from the file and overrides add to ``ddpo``."""
+    values = dict(values)
+    if file is not None:
+        try:
+            loaded = tomllib.loads(Path(file).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {file}: {e}") from None
+        if not isinstance(loaded.get("ddpo", {}), dict):
+            raise ConfigError(f"{file}: ddpo must be a table ([ddpo] with num_epochs = 30 and so on)")
+        values |= loaded | {"ddpo": {**values.get("ddpo", {}), **loaded.get("ddpo", {})}}
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        for key, value in map(parse_override, overrides):
+            if key.startswith("ddpo."):
+                values["ddpo"] = {**values.get("ddpo", {}), key[5:]: value}
+            else:
+                values[key] = value
+    except SettingError as e:
+        raise ConfigError(str(e)) from None
+    return values
 
 
 def load_config(preset: str = "toy", file: str | Path | None = None, overrides: list[str] = ()) -> RoundConfig:
-    """Preset, then the TOML file's keys, then ``key=value`` overrides (``ddpo.num_epochs=30`` for DDPO settings)."""
+    """Preset, then the TOML file's keys, then ``key=value`` overrides; typed and validated."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    values = PRESETS[preset].to_dict()
-    if file is not None:
-        try:
-            values |= tomllib.loads(Path(file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"cannot read config file {file}: {e}") from None
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. ddpo.num_epochs=30)")
-        if key.startswith("ddpo."):
-            values["ddpo"] = {**values.get("ddpo", {}), key[5:]: _parse_value(text)}
-        else:
-            values[key] = _parse_value(text)
-    return from_dict(values)
+    return from_dict(merge(PRESETS[preset].to_dict(), file, overrides))
 
 
 def from_dict(values: dict[str, Any]) -> RoundConfig:
-    known = {f.name for f in dataclasses.fields(RoundConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown round setting(s) {unknown}; known: {sorted(known)}")
-    return RoundConfig(**values).validate()
+    """A validated config from a dict (a stored round's, or a merged preset), each value converted to its type."""
+    try:
+        typed = coerce(RoundConfig, values)
+        typed["ddpo"] = coerce(DDPOConfig, typed.get("ddpo", {}), prefix="ddpo.")
+    except SettingError as e:
+        raise ConfigError(f"bad round config: {e}") from None
+    return RoundConfig(**typed).validate()

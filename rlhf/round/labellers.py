@@ -36,7 +36,7 @@ def parse_labeller(spec: str) -> Synthetic | None:
     kind, _, rest = spec.partition(":")
     taste, _, persona = rest.partition(":")
     if kind != "synthetic" or not taste:
-        raise ValueError(f"labeller {spec!r}: use 'human' or 'synthetic:<taste>[:<persona>]', e.g. synthetic:large_warm")
+        raise ValueError("use 'human' or 'synthetic:<taste>[:<persona>]', e.g. synthetic:large_warm")
     return Synthetic(get_persona(persona or "typical", taste))
 
 
