@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rlhf.models import Clip, ModelLoadError, load_clip
+from rlhf.models import Clip, ModelLoadError, load_clip, resolve_file
 
 
 class Reward(Protocol):
@@ -80,15 +80,13 @@ class AestheticHead(torch.nn.Module):
 
 
 class Aesthetic:
-    """LAION-style aesthetic score; needs the head's weights on disk (e.g. sac+logos+ava1-l14-linearMSE.pth
-    for ViT-L-14)."""
+    """LAION-style aesthetic score; needs the head's weights, a file or a hub file (e.g.
+    sac+logos+ava1-l14-linearMSE.pth for ViT-L-14)."""
 
     name = "aesthetic"
 
     def __init__(self, clip: Clip, weights: str | Path):
-        if not Path(weights).is_file():
-            raise ModelLoadError(f"no aesthetic head weights at {weights}: download the LAION predictor for {clip.name} there")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(resolve_file(weights, "aesthetic head weights"), map_location="cpu", weights_only=True)
         dim = state["layers.0.weight"].shape[1]
         self.head = AestheticHead(dim).eval()
         self.head.load_state_dict(state)
@@ -101,15 +99,14 @@ class Aesthetic:
 
 class HPSv2(ClipScore):
     """Human Preference Score v2 (Wu et al. 2023): the CLIP score under open_clip ViT-H-14 fine-tuned on human
-    choices. Needs its checkpoint on disk (HPS_v2_compressed.pt or HPS_v2.1_compressed.pt), which open_clip loads
-    as it loads any checkpoint file; ``arch`` names another open_clip architecture for other preference CLIPs."""
+    choices. Needs its checkpoint (HPS_v2.1_compressed.pt), a file or a hub file (xswu/HPSv2/HPS_v2.1_compressed.pt),
+    which open_clip loads as it loads any checkpoint file; ``arch`` names another open_clip architecture for other
+    preference CLIPs."""
 
     name = "hpsv2"
 
     def __init__(self, weights: str | Path, arch: str = "ViT-H-14", device: str = "cpu"):
-        if not Path(weights).is_file():
-            raise ModelLoadError(f"no HPSv2 checkpoint at {weights}: download HPS_v2.1_compressed.pt there")
-        super().__init__(load_clip(arch, str(weights), device=device))
+        super().__init__(load_clip(arch, str(resolve_file(weights, "HPSv2 checkpoint")), device=device))
 
 
 class TasteReward:
