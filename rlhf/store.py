@@ -401,6 +401,13 @@ class Store:
             if db.execute("UPDATE rounds SET phase = ? WHERE id = ?", [phase, round_id]).rowcount == 0:
                 raise NotFound(f"round {round_id} does not exist")
 
+    def set_round_config(self, round_id: int, config: dict[str, Any]) -> None:
+        """Replace a round's stored config (``python -m rlhf.round reconfigure``); its images and labels stay."""
+        with self._write() as db:
+            if db.execute("UPDATE rounds SET config = ? WHERE id = ?",
+                          [json.dumps(config, sort_keys=True), round_id]).rowcount == 0:
+                raise NotFound(f"round {round_id} does not exist")
+
     def rounds(self) -> list[Round]:
         """Every round, oldest first, with its phase and the config that produced it."""
         with self._connect() as db:

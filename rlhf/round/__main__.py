@@ -3,7 +3,11 @@
     python -m rlhf.round                      # run the current round's next phase and say where the loop stands
     python -m rlhf.round run --rounds 3 --labeller synthetic:large_warm
     python -m rlhf.round status | eval | demo
+    python -m rlhf.round reconfigure --set ddpo.num_epochs=20   # change the unfinished round's settings
     accelerate launch -m rlhf.round run ...   # DDPO on several processes / GPUs
+
+Settings: the preset, then --config FILE.toml, then each --set KEY=VALUE (DDPO settings as ddpo.KEY); every one
+is typed and checked before any work starts. All of them, with defaults per preset: docs/config.md.
 """
 from __future__ import annotations
 
@@ -20,29 +24,87 @@ DEMO_TASTE = "striped"
 DEMO_ROUNDS = 3
 DEMO_FOLLOWING_TOLERANCE = 2.0
 """points of prompt following (eval prompts) the demo may lose over its rounds"""
+COMMANDS = {  # name: (help, example)
+    "step": ("run the current round's next phase (the default command)", "python -m rlhf.round step --run-dir data/runs/mine"),
+    "run": ("run phases until N rounds are done; returns (or, with --wait, polls) while people label",
+            "python -m rlhf.round run --rounds 3 --labeller synthetic:large_warm"),
+    "status": ("where every round stands", "python -m rlhf.round status --run-dir data/runs/demo"),
+    "eval": ("re-evaluate every finished round and rewrite the reports", "python -m rlhf.round eval --run-dir data/runs/demo"),
+    "demo": (f"start over in data/runs/demo: {DEMO_ROUNDS} toy rounds with synthetic:{DEMO_TASTE}", "python -m rlhf.round demo"),
+    "reconfigure": ("replace the unfinished round's stored settings (its own, changed by --config / --set, or a "
+                    "--preset's), keeping its images and labels", "python -m rlhf.round reconfigure --set ddpo.num_epochs=20"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--run-dir", type=Path, default=RUNS, help="run folder holding labels.db (default data/runs)")
-    common.add_argument("--preset", default="toy", help="toy (default, offline) or sd15")
-    common.add_argument("--config", type=Path, help="TOML file of round settings, applied over the preset")
+    common.add_argument("--run-dir", type=Path, default=RUNS,
+                        help="run folder holding labels.db (default data/runs), e.g. --run-dir data/runs/mine")
+    common.add_argument("--preset", help="toy (the default, offline) or sd15 (SD 1.5 + ViT-L-14 by hub id), e.g. --preset sd15")
+    common.add_argument("--config", type=Path, metavar="FILE.toml",
+                        help="TOML file of settings applied over the preset, e.g. --config my_round.toml")
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set pairs_per_round=120 --set ddpo.num_epochs=30")
-    common.add_argument("--labeller", help="human or synthetic:<taste>[:<persona>] (same as --set labeller=...)")
-    parser = argparse.ArgumentParser(prog="python -m rlhf.round", description=__doc__.splitlines()[0], parents=[common],
+                        help="override a setting, e.g. --set pairs_per_round=120 --set ddpo.num_epochs=30 (docs/config.md)")
+    common.add_argument("--labeller", help="human or synthetic:<taste>[:<persona>] (same as --set labeller=...), "
+                                           "e.g. --labeller synthetic:striped")
+    parser = argparse.ArgumentParser(prog="python -m rlhf.round", description=__doc__, parents=[common],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("step", parents=[common], help="run the next phase (the default)")
-    run = sub.add_parser("run", parents=[common], help="run until N rounds are done")
-    run.add_argument("--rounds", type=int, required=True)
-    run.add_argument("--wait", action="store_true", help="poll while people label instead of returning")
-    sub.add_parser("status", parents=[common], help="where every round stands")
-    sub.add_parser("eval", parents=[common], help="re-evaluate every finished round and rewrite the reports")
-    demo = sub.add_parser("demo", parents=[common],
-                          help=f"start over in data/runs/demo: {DEMO_ROUNDS} toy rounds with synthetic:{DEMO_TASTE}")
-    demo.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo.json")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    commands = {name: sub.add_parser(name, parents=[common], help=text, description=f"{text}.\n\nExample: {example}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                for name, (text, example) in COMMANDS.items()}
+    commands["run"].add_argument("--rounds", type=int, required=True, help="rounds to finish in all, e.g. --rounds 3")
+    commands["run"].add_argument("--wait", action="store_true",
+                                 help="poll every 10 s while people label instead of returning, e.g. run --rounds 3 --wait")
+    commands["demo"].add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo.json",
+                                  help="where the demo's figures go (default bench/results/demo.json)")
     return parser
+
+
+def resuming(run_dir: Path) -> bool:
+    """Whether the run folder has an unfinished round, which runs with its own stored settings."""
+    from rlhf.store import Store
+
+    if not (run_dir / "labels.db").is_file():
+        return False
+    rounds = Store(run_dir / "labels.db", create=False).rounds()
+    return bool(rounds) and rounds[-1].phase != "done"
+
+
+def reconfigure(run_dir: Path, preset: str | None, file: Path | None, overrides: list[str]) -> str:
+    """Replace the unfinished round's stored settings; its images, pairs and labels stay."""
+    import dataclasses
+
+    from rlhf.ddpo.config import DDPOConfig
+    from rlhf.round.config import PRESETS, ConfigError, RoundConfig, from_dict, merge
+    from rlhf.round.loop import RoundError
+    from rlhf.store import Store
+
+    if not (run_dir / "labels.db").is_file():
+        raise RoundError(f"no label store in {run_dir}: nothing to reconfigure (start a round with `python -m rlhf.round`)")
+    store = Store(run_dir / "labels.db", create=False)
+    rounds = store.rounds()
+    if not rounds or rounds[-1].phase == "done":
+        raise RoundError(f"{run_dir} has no unfinished round; the next round takes the settings of the command that starts it")
+    current = rounds[-1]
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset is not None:
+        base = PRESETS[preset].to_dict()
+    else:  # its own settings, less any that this version no longer knows
+        known, known_ddpo = {f.name for f in dataclasses.fields(RoundConfig)}, {f.name for f in dataclasses.fields(DDPOConfig)}
+        base = {k: v for k, v in current.config.items() if k in known}
+        base["ddpo"] = {k: v for k, v in current.config.get("ddpo", {}).items() if k in known_ddpo}
+    config = from_dict(merge(base, file, overrides)).check_models().to_dict()
+    store.set_round_config(current.id, config)
+
+    def flat(c: dict) -> dict[str, str]:
+        return {k: json.dumps(v) for k, v in c.items() if k != "ddpo"} | {f"ddpo.{k}": json.dumps(v) for k, v in c.get("ddpo", {}).items()}
+
+    old, new = flat(current.config), flat(config)
+    changed = [f"{k}={new.get(k, '(removed)')}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return (f"round {current.id} (phase {current.phase}): settings replaced ({', '.join(changed) or 'no change'}); "
+            "its images, pairs and labels are kept")
 
 
 def status_lines(loop) -> list[str]:
@@ -90,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.models import ModelLoadError
     from rlhf.prompts import PromptFileError
     from rlhf.round import report
-    from rlhf.round.config import ConfigError, from_dict, load_config
+    from rlhf.round.config import ConfigError, load_config
     from rlhf.round.loop import Loop, RoundError
     from rlhf.store import StoreError
 
@@ -100,18 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         run_dir = RUNS / "demo" if args.run_dir == RUNS else args.run_dir
         overrides = [f"labeller=synthetic:{DEMO_TASTE}"] + overrides
-        shutil.rmtree(run_dir, ignore_errors=True)
     if args.labeller:
         overrides.append(f"labeller={args.labeller}")
     try:
-        loop = Loop(run_dir, load_config(args.preset, args.config, overrides))
+        if command == "reconfigure":
+            print(reconfigure(run_dir, args.preset, args.config, overrides))
+            return 0
+        config = load_config(args.preset or "toy", args.config, overrides)
+        if command in ("step", "run", "demo") and (command == "demo" or not resuming(run_dir)):
+            config.check_models()  # a new round's models, found before its folder or store is made
+        if command == "demo":
+            shutil.rmtree(run_dir, ignore_errors=True)
+        loop = Loop(run_dir, config)
         if command == "status":
             print("\n".join(status_lines(loop)))
             return 0
         if command == "eval":
             for r in loop.rounds():
                 if r.phase == "done":
-                    loop.evaluate(r.id, from_dict(r.config))
+                    loop.evaluate(r.id, loop.stored_config(r))
             print(f"report: {report.write(loop)}")
             print("\n".join(summary_table(loop)))
             return 0

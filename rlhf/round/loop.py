@@ -39,7 +39,7 @@ from rlhf.faults import crashpoint
 from rlhf.models import load_clip, load_pipeline, precision_dtype
 from rlhf.prompts import load_prompts
 from rlhf.round import evaluate, report
-from rlhf.round.config import RoundConfig, from_dict
+from rlhf.round.config import ConfigError, RoundConfig, from_dict
 from rlhf.round.labellers import label_coverage, label_round, load_image, parse_labeller
 from rlhf.store import Round, Store
 
@@ -122,10 +122,12 @@ class Loop:
         if self.state.is_main_process:
             current = self.current()
             if current is None or current.phase == "done":
-                self.store.add_round(self.config.to_dict(), phase=PHASES[0])
+                self.store.add_round(self.config.check_models().to_dict(), phase=PHASES[0])
         self.state.wait_for_everyone()
         current = self.current()
-        cfg = from_dict(current.config)
+        cfg = self.stored_config(current)
+        if current.phase != "label":  # a missing model fails here, before the phase, and the round stays resumable
+            cfg.check_models()
         outcome = Outcome(current.id, current.phase, "")
         if current.phase == "ddpo" or self.state.is_main_process:  # DDPO runs on every process, the rest on one
             message = getattr(self, f"_{current.phase}")(current.id, cfg)
@@ -136,6 +138,14 @@ class Loop:
             self.store.set_phase(current.id, PHASES[PHASES.index(current.phase) + 1])
         self.state.wait_for_everyone()
         return outcome
+
+    def stored_config(self, record: Round) -> RoundConfig:
+        """The config a round runs with: the one stored when it started, so a resume never mixes two settings."""
+        try:
+            return from_dict(record.config)
+        except ConfigError as e:
+            raise RoundError(f"round {record.id}'s stored settings cannot run ({e}); replace them, keeping its images and "
+                             f"labels, with `python -m rlhf.round reconfigure --run-dir {self.run_dir} --set KEY=VALUE`") from None
 
     def run(self, rounds: int, wait: bool = False, poll_s: float = 10.0) -> list[Outcome]:
         """Step until ``rounds`` rounds are done; when people must label first, return (or poll, with ``wait``)."""
@@ -156,8 +166,8 @@ class Loop:
         return self._clip
 
     def hpsv2(self, cfg: RoundConfig) -> HPSv2 | None:
-        """HPSv2 when its checkpoint exists, loaded once per checkpoint (ViT-H-14 has about 1B parameters)."""
-        if not (cfg.hpsv2_weights and Path(cfg.hpsv2_weights).is_file()):
+        """HPSv2 when a checkpoint is configured, loaded once per checkpoint (ViT-H-14 has about 1B parameters)."""
+        if not cfg.hpsv2_weights:
             return None
         key = (cfg.hpsv2_weights, cfg.hpsv2_arch)
         if self._hpsv2 is None or self._hpsv2[0] != key:
@@ -372,11 +382,11 @@ class Loop:
 
     def evaluate(self, round_id: int, cfg: RoundConfig) -> dict:
         """Base and round ``round_id``'s policy on the eval sets, judged by this round's reward model, CLIP score,
-        the aesthetic head and HPSv2 (when their weights exist locally) and (synthetic labeller) the hidden taste;
+        the aesthetic head and HPSv2 (when configured) and (synthetic labeller) the hidden taste;
         written to ``round-NNN/eval.json``."""
         labeller = parse_labeller(cfg.labeller)
         scorers = {"clip_score": ClipScore(self.clip(cfg))}
-        if cfg.aesthetic_weights and Path(cfg.aesthetic_weights).is_file():
+        if cfg.aesthetic_weights:
             scorers["aesthetic"] = Aesthetic(self.clip(cfg), cfg.aesthetic_weights)
         if hps := self.hpsv2(cfg):
             scorers["hpsv2"] = hps
