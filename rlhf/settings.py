@@ -38,17 +38,17 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), parse_value(text.strip())
 
 
-def _describe(tp: Any) -> str:
+def describe(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        kinds = [_describe(a) for a in args if a is not type(None)]
+        kinds = [describe(a) for a in args if a is not type(None)]
         return " or ".join(kinds) + (" (empty for none)" if type(None) in args else "")
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}s"
-        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+            return f"a list of {describe(args[0])}s"
+        return f"a list of {len(args)} values ({', '.join(describe(a) for a in args)})"
     if origin is list:
-        return f"a list of {_describe(args[0])}s"
+        return f"a list of {describe(args[0])}s"
     if origin is dict:
         return "a table (e.g. {num_epochs = 30})"
     return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, str(tp))
@@ -80,7 +80,7 @@ def convert(value: Any, tp: Any, key: str) -> Any:
             return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if ok is None and origin is dict and isinstance(value, Mapping):
         return dict(value)
-    raise SettingError(f"{key}={value!r}: expected {_describe(tp)}")
+    raise SettingError(f"{key}={value!r}: expected {describe(tp)}")
 
 
 def coerce(cls: type, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_toy_pipeline_follows_shape_and_colour_better_than_chance(pipe):
 
 def test_toy_pipeline_puts_a_shape_where_the_prompt_names(pipe):
     """On the same seeds, "on the left" and "on the right" (and top and bottom) must land most of the drawings' 15 px
-    apart: the epsilon-prediction UNet that v-prediction replaced put them 1.1 px apart (README, "Measured quality")."""
+    apart (docs/results/toy_quality.md)."""
     r = position_response(pipe, seeds=(0, 1), steps=10)
     assert r["left_right_gap_px"] > 10 and r["top_bottom_gap_px"] > 10, r
 

@@ -1,5 +1,5 @@
 """DDPO settings. Defaults are kvablack/ddpo-pytorch's ``config/base.py`` unless a field says otherwise;
-``TOY`` holds the values measured to move the tiny toy pipeline (see the README)."""
+``toy`` holds the values measured to move the tiny toy pipeline (docs/results/ddpo_toy_sweep.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -128,7 +128,7 @@ ONE_OF = {"loss": ("is", "sf"), "mixed_precision": ("no", "fp16", "bf16")}
 
 PRESETS: dict[str, DDPOConfig] = {
     "reference": DDPOConfig(),
-    # Measured on the toy world (README "DDPO on the toy world"): the reference's lr 3e-4 / clip 1e-4 did not move
+    # Measured on the toy world (docs/results/ddpo_toy_sweep.md): the reference's lr 3e-4 / clip 1e-4 did not move
     # the tiny pipeline, lr 1e-2 rose then collapsed, 16 samples an epoch left the gradient to noise. 64 samples
     # (8 prompts x 8) with each prompt normalised by its own 8 samples from the first epoch; fp32 on CPU.
     "toy": DDPOConfig(

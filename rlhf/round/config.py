@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,9 @@ class RoundConfig:
     """DDPO preset the ``ddpo`` overrides apply to: 'toy' (measured on the toy world) or 'reference' (ddpo-pytorch)"""
     ddpo: dict[str, Any] = field(default_factory=lambda: {"num_epochs": 10, "kl_coef": 0.03, "save_every": 5,
                                                           "x0_baseline": True})
-    """overrides of the DDPO preset (any rlhf.ddpo.config.DDPOConfig field), e.g. {num_epochs = 30}; the KL to the
-    base model is the guard that keeps later rounds from drifting off the prompts, and the per-step state baseline
-    is what lets 10 epochs raise a learned reward at all (both measured in the README)"""
+    """overrides of the DDPO preset (any DDPO setting below), e.g. {num_epochs = 30}; the KL to the base model guards
+    later rounds against drifting off the prompts, and the per-step state baseline is what lets 10 epochs raise a
+    learned reward (docs/results/state_baseline.md)"""
 
     # evaluation
     eval_prompts: str = "toy_eval"
@@ -69,8 +70,7 @@ class RoundConfig:
     """the first N prompts of eval_prompts (0: all)"""
     eval_seeds: int = 16
     """fixed held-out seeds per training prompt; the demo's per-round change in the hidden score has a paired se of
-    about 0.05 / sqrt(prompts x seeds), ~0.0033 here (0.005 on the noise-predicting UNet), as large as a round's gain
-    (README)"""
+    about 0.05 / sqrt(prompts x seeds), ~0.0033 here (docs/results/demo.md)"""
     eval_prompt_seeds: int = 4
     """fixed seeds per eval prompt (generalisation and prompt following)"""
     aesthetic_weights: str | None = None
@@ -190,3 +190,78 @@ def from_dict(values: dict[str, Any]) -> RoundConfig:
     except SettingError as e:
         raise ConfigError(f"bad round config: {e}") from None
     return RoundConfig(**typed).validate()
+
+
+def _toml(value: Any) -> str:
+    """A default as it would be written in a TOML file (paths inside the project relative to it)."""
+    from rlhf.paths import ROOT
+
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return '"' + value.replace(f"{ROOT}/", "") + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def reference() -> str:
+    """docs/config.md: every round and DDPO setting with its type, its default in each preset and its docstring."""
+    from rlhf.settings import describe, field_docs
+
+    def table(cls, columns: dict[str, Any], skip: set[str] = set()) -> list[str]:
+        hints = typing.get_type_hints(cls)
+        lines = ["| setting | type | " + " | ".join(columns) + " | meaning |", "|---" * (len(columns) + 3) + "|"]
+        for name, doc in field_docs(cls).items():
+            if name in skip:
+                continue
+            values = " | ".join(f"`{_toml(getattr(c, name))}`" for c in columns.values())
+            lines.append(f"| `{name}` | {describe(hints[name])} | {values} | {doc.replace('|', '/')} |")
+        return lines
+
+    rounds = {f"`--preset {name}`": preset for name, preset in PRESETS.items()}
+    ddpo = {f"round `{name}`": DDPO_PRESETS[p.ddpo_preset].replace(**{"mixed_precision": p.mixed_precision, **p.ddpo})
+            for name, p in PRESETS.items()}
+    ddpo |= {f"`rlhf.ddpo --preset {name}`": preset for name, preset in DDPO_PRESETS.items()}
+    return "\n".join([
+        "# Settings reference",
+        "",
+        "Generated from the settings' own docstrings by `python -m rlhf.round.config --markdown > docs/config.md`;",
+        "a test fails when this page and the code disagree.",
+        "",
+        "A round's settings are its preset's (`--preset`), then a TOML file's keys (`--config`), then each",
+        "`--set KEY=VALUE` (DDPO settings as `ddpo.KEY`, or in the TOML file's `[ddpo]` table). Each value is converted",
+        "to its setting's type and checked, with the whole config, before any work starts; a round keeps the settings",
+        "it started with (`python -m rlhf.round reconfigure` replaces them). `python -m rlhf.ddpo` takes the DDPO",
+        "settings alone, as `--set KEY=VALUE`.",
+        "",
+        "## Round settings",
+        "",
+        *table(RoundConfig, rounds, skip={"ddpo"}),
+        "",
+        "## DDPO settings",
+        "",
+        "A round trains with its `ddpo_preset` plus its `ddpo` overrides; the first two columns are what the round",
+        "presets end up with. `prompts` is the round's `prompts` set (or `rlhf.ddpo --prompts`).",
+        "",
+        *table(DDPOConfig, ddpo, skip={"prompts"}),
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rlhf.round.config",
+                                     description="Print the settings reference (docs/config.md).")
+    parser.add_argument("--markdown", action="store_true", required=True,
+                        help="print it as Markdown, e.g. python -m rlhf.round.config --markdown > docs/config.md")
+    parser.parse_args(argv)
+    print(reference(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,8 +44,8 @@ class PipelineTrainConfig:
     prediction_type: str = "v_prediction"
     """what the UNet predicts (SD 1.5: epsilon; SD 2: v_prediction). The epsilon loss weighs an error in the
     predicted image by the signal-to-noise ratio, about 0.005 at the noisiest steps where a shape's place is
-    decided; the v loss weighs it about 1 there. Trained with v, the shipped UNet puts "on the left" and "on the
-    right" 15.3 px apart; trained with epsilon, it put them 1.1 px apart (README, "Measured quality")"""
+    decided; the v loss weighs it about 1 there, so a v-trained UNet learns where a caption puts a shape
+    (docs/results/toy_quality.md)"""
 
     def __post_init__(self) -> None:  # before the drawings and the VAE cost minutes
         if self.prediction_type not in ("epsilon", "v_prediction"):

@@ -117,7 +117,7 @@ def random_stripes(rng: np.random.Generator) -> float:
 
     Real images vary within a prompt in ways people care about and prompts leave open (lighting, texture, finish);
     the stripes are that in the toy world. A prompt never asks for them, so the pipeline draws both kinds for every
-    prompt, and a taste for or against them is one that only labels can teach (README, "The toy world").
+    prompt, and a taste for or against them is one that only labels can teach (docs/toy_world.md).
     """
     return 0.0 if rng.random() >= STRIPE_SHARE else float(rng.uniform(0.25, 1.0))
 
