@@ -807,17 +807,28 @@ def _read_rows(source: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.store", description="Check, export or import a label store.")
+    examples = {"check": "python -m rlhf.store check data/runs/labels.db",
+                "export": "python -m rlhf.store export data/runs/labels.db labels.jsonl",
+                "import": "python -m rlhf.store import data/runs/labels.db their_labels.jsonl"}
+    parser = argparse.ArgumentParser(prog="python -m rlhf.store", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Check, export or import a label store. Labels travel as Pick-a-Pic "
+                                                 "rows (caption, image_0, image_1, label_0, label_1, user_id, ...).\n\n"
+                                                 + "\n".join(f"  {e}" for e in examples.values()))
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("check", help="run SQLite's integrity and foreign key checks").add_argument("db")
-    export = commands.add_parser("export", help="write every label to .jsonl or .parquet")
-    export.add_argument("db")
-    export.add_argument("out")
-    import_ = commands.add_parser("import", help="merge labels from .jsonl or .parquet (idempotent)")
-    import_.add_argument("db")
-    import_.add_argument("source")
+    helps = {"check": "run SQLite's integrity and foreign key checks",
+             "export": "write every label to .jsonl (or .parquet, with pyarrow installed)",
+             "import": "merge labels from .jsonl or .parquet; idempotent, and never overwrites a stored label"}
+    sub = {name: commands.add_parser(name, help=text, description=f"{text}.\n\nExample: {examples[name]}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+           for name, text in helps.items()}
+    for name, command in sub.items():
+        command.add_argument("db", help="the label store, e.g. data/runs/labels.db" + (" (made if missing)" if name == "import" else ""))
+    sub["export"].add_argument("out", help="file to write, e.g. labels.jsonl or labels.parquet")
+    sub["import"].add_argument("source", help="file to read, e.g. their_labels.jsonl")
     args = parser.parse_args(argv)
     try:
+        if args.command == "import":
+            Path(args.db).parent.mkdir(parents=True, exist_ok=True)
         store = Store(args.db, create=args.command == "import")
         if args.command == "check":
             problems = store.check()

@@ -73,6 +73,12 @@ def test_a_bad_setting_costs_one_line_and_writes_nothing(tmp_path, capsys, overr
     assert not tmp_path.joinpath("runs").exists()  # no run folder, no labels.db
 
 
+def test_options_before_the_command_count_as_after_it(tmp_path, capsys):
+    run_dir = tmp_path / "runs"
+    assert main(["--set", "ddpo.num_epochs=abc", "--run-dir", str(run_dir), "run", "--rounds", "1"]) == 2
+    assert "ddpo.num_epochs='abc'" in capsys.readouterr().err and not run_dir.exists()
+
+
 def test_a_bad_toml_value_and_a_binary_prompt_file_write_nothing(tmp_path, capsys):
     (tmp_path / "round.toml").write_text('pairs_per_round = "many"\n[ddpo]\nnum_epochs = 3\n')
     (tmp_path / "prompts.txt").write_bytes(b"\xff\xfe\x00binary")

@@ -36,21 +36,29 @@ COMMANDS = {  # name: (help, example)
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _options(top: bool) -> argparse.ArgumentParser:
+    """The options every command takes. Under a command they default to nothing (SUPPRESS), so that options given
+    before the command (``--preset sd15 run``) are not overwritten by the command's defaults."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--run-dir", type=Path, default=RUNS,
+    common.add_argument("--run-dir", type=Path, default=default(RUNS),
                         help="run folder holding labels.db (default data/runs), e.g. --run-dir data/runs/mine")
-    common.add_argument("--preset", help="toy (the default, offline) or sd15 (SD 1.5 + ViT-L-14 by hub id), e.g. --preset sd15")
-    common.add_argument("--config", type=Path, metavar="FILE.toml",
+    common.add_argument("--preset", default=default(None),
+                        help="toy (the default, offline) or sd15 (SD 1.5 + ViT-L-14 by hub id), e.g. --preset sd15")
+    common.add_argument("--config", type=Path, metavar="FILE.toml", default=default(None),
                         help="TOML file of settings applied over the preset, e.g. --config my_round.toml")
-    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    common.add_argument("--set", action="append", default=default([]), metavar="KEY=VALUE",
                         help="override a setting, e.g. --set pairs_per_round=120 --set ddpo.num_epochs=30 (docs/config.md)")
-    common.add_argument("--labeller", help="human or synthetic:<taste>[:<persona>] (same as --set labeller=...), "
-                                           "e.g. --labeller synthetic:striped")
-    parser = argparse.ArgumentParser(prog="python -m rlhf.round", description=__doc__, parents=[common],
+    common.add_argument("--labeller", default=default(None), help="human or synthetic:<taste>[:<persona>] (same as "
+                                                                  "--set labeller=...), e.g. --labeller synthetic:striped")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.round", description=__doc__, parents=[_options(top=True)],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-    commands = {name: sub.add_parser(name, parents=[common], help=text, description=f"{text}.\n\nExample: {example}",
+    commands = {name: sub.add_parser(name, parents=[_options(top=False)], help=text, description=f"{text}.\n\nExample: {example}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
                 for name, (text, example) in COMMANDS.items()}
     commands["run"].add_argument("--rounds", type=int, required=True, help="rounds to finish in all, e.g. --rounds 3")

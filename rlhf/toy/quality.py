@@ -112,11 +112,12 @@ def clip_quality(source=TOY_CLIP, n: int = 1000) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "toy_samples.png")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_quality.json")
+    parser = argparse.ArgumentParser(prog="python -m rlhf.toy.quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5), e.g. --guidance 3")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per image (default 20), e.g. --steps 10")
+    parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "toy_samples.png", help="where the sample grid goes")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "toy_quality.json",
+                        help="where the figures go (default bench/results/toy_quality.json)")
     args = parser.parse_args(argv)
     t0 = time.time()
     pipe = load_pipeline()

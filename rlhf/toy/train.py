@@ -14,8 +14,9 @@ from rlhf.paths import TOY_CLIP, TOY_PIPELINE
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", help="clip, pipeline or both (the default)")
+    parser = argparse.ArgumentParser(prog="python -m rlhf.toy.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="*", help="clip, pipeline or both (the default), e.g. python -m rlhf.toy.train pipeline")
     args = parser.parse_args(argv)
     if unknown := set(args.what) - {"clip", "pipeline"}:  # not `choices`: argparse checks an empty list against them
         parser.error(f"unknown model {sorted(unknown)[0]!r}; choose clip, pipeline or both")
