@@ -269,8 +269,9 @@ def write_demo(loop, out: Path, minutes: float) -> None:
           + ", ".join(f"{g['mean']:+.4f} +- {g['se']:.4f}" for g in gains)
           + f"; rose every round: {'yes' if figures['rose_every_round'] else 'NO'}; prompt following "
           f"{figures['prompt_following_change_points']:+.2f} points (tolerance {DEMO_FOLLOWING_TOLERANCE:g})")
-    print(f"demo: {DEMO_ROUNDS} rounds in {minutes:.1f} min; figures in {out}; "
-          f"label them yourself: RLHF_DB={loop.run_dir / 'labels.db'} streamlit run app/label.py")
+    print(f"demo: {DEMO_ROUNDS} rounds in {minutes:.1f} min; figures in {out}; report in {loop.run_dir / 'report.md'}. "
+          "Label a round yourself: python -m rlhf.round run --rounds 1 --run-dir data/runs/mine, then "
+          "RLHF_DB=data/runs/mine/labels.db streamlit run app/label.py")
 
 
 if __name__ == "__main__":

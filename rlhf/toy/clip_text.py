@@ -1,10 +1,9 @@
 """The toy CLIP's text tower as a transformers ``CLIPTextModel``: the toy pipeline's frozen text encoder.
 
 SD 1.5 conditions its UNet on OpenAI CLIP's text tower, frozen. The toy pipeline does the same with the toy
-CLIP's: a text encoder trained jointly with the tiny UNet on denoising alone kept "on the left" and "on the
-right" 0.034 apart (relative distance of the sequence embeddings), so the UNet never learned where to draw;
-the contrastively trained tower keeps them 0.651 apart. Both models are the same pre-LayerNorm transformer
-with a causal mask, so the conversion only renames and splits weights.
+CLIP's: a contrastively trained tower tells "on the left" from "on the right", which a text encoder trained with
+the tiny UNet on denoising alone barely does. Both models are the same pre-LayerNorm transformer with a causal
+mask, so the conversion only renames and splits weights.
 """
 from __future__ import annotations
 

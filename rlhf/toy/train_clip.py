@@ -66,9 +66,8 @@ def describe(drawing: Drawing, rng: np.random.Generator, share: float = 0.5) -> 
     """The caption CLIP trains on: it names the background's stripes, and a share of lone shapes whose prompt named no
     place say where they landed.
 
-    Web alt-texts describe style and composition that generation prompts leave out; trained on the bare templates,
-    the toy CLIP's image embedding held so little position (a linear probe explained 26% of its variance) that no
-    reward head on it could learn a taste for placement.
+    Web alt-texts describe style and composition that generation prompts leave out; a CLIP trained on the bare
+    templates has no reason to embed where a shape is, and a reward head on it could not learn a taste for placement.
     """
     scene = drawing.scene
     if scene.count > 1 or scene.position is not None or rng.random() >= share:
