@@ -2,7 +2,9 @@
 
 People compare two images of one prompt on the Label page; the Dashboard shows how labelling and training
 go. Settings come from environment variables: RLHF_DB (label store, default data/runs/labels.db),
-RLHF_DATA (folder image paths are relative to, default data/) and RLHF_APP_TOKEN (optional access token).
+RLHF_DATA (folder image paths are relative to; by default the parent of the store's folder, where the rounds
+driver records them from: data/ for the default store, data/runs/ for RLHF_DB=data/runs/demo/labels.db) and
+RLHF_APP_TOKEN (optional access token).
 The server binds to 127.0.0.1 (.streamlit/config.toml); reach it from elsewhere through an SSH tunnel.
 """
 import streamlit as st

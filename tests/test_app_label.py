@@ -1,4 +1,5 @@
-"""The Label page under AppTest: choices, side order, undo, empty queue, two labellers, refused paths, token."""
+"""The Label page under AppTest: choices, side order, undo, empty queue, two labellers, refused paths, token;
+and the app's settings."""
 from __future__ import annotations
 
 import sqlite3
@@ -15,7 +16,10 @@ from test_app_toydata import ToyStore, make_toy_store
 APP_DIR = Path(__file__).resolve().parent.parent / "app"
 APP = str(APP_DIR / "label.py")
 sys.path.insert(0, str(APP_DIR))  # as `streamlit run` does, for the unit tests of labelui below
+from labelui.config import AppConfig  # noqa: E402
 from labelui.images import DISPLAY_PX, load_for_display  # noqa: E402
+from rlhf.paths import DATA, RUNS  # noqa: E402
+
 SHORTCUTS = {"left": "1", "right": "2", "tie": "3", "both_bad": "4", "skip": "5"}
 
 
@@ -259,3 +263,24 @@ def test_name_is_asked_once_when_given(toy: ToyStore) -> None:
     choose(at, "left")
     assert not [w for w in at.text_input if w.key == "labeller_input"]
     assert [label.labeller for label in toy.store.labels()] == ["ann"]
+
+
+def test_images_are_found_without_rlhf_data_when_store_is_in_a_run_folder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the rounds driver lays a run out: <run folder>/labels.db, image paths relative to its parent.
+    toy = make_toy_store(tmp_path, n_pairs=1, data=tmp_path)
+    assert toy.db.parent.parent == tmp_path
+    monkeypatch.setenv("RLHF_DB", str(toy.db))
+    monkeypatch.delenv("RLHF_DATA", raising=False)
+    monkeypatch.delenv("RLHF_APP_TOKEN", raising=False)
+    at = start("ann")
+    assert len(at.image) == 2 and not at.error
+
+
+def test_data_folder_is_store_folders_parent_when_rlhf_data_unset() -> None:
+    assert AppConfig.from_env({}).data == DATA
+    assert AppConfig.from_env({"RLHF_DB": str(RUNS / "demo" / "labels.db")}).data == RUNS
+    relative = AppConfig.from_env({"RLHF_DB": "runs/demo/labels.db"})
+    assert relative.data == (Path("runs").absolute()) and relative.db.is_absolute()
+    assert AppConfig.from_env({"RLHF_DB": "x/labels.db", "RLHF_DATA": "/srv/images"}).data == Path("/srv/images")
+    assert AppConfig.from_env({"RLHF_DATA": ""}).data == DATA  # empty counts as unset

@@ -49,9 +49,12 @@ def add_drawing(store: Store, data: Path, scene: Scene, seed: int, round_id: int
     return store.add_image(relative, scene.caption(), round_id, seed, model_id, sha)
 
 
-def make_toy_store(root: Path, n_pairs: int = 3, round_id: int | None = None, store: Store | None = None) -> ToyStore:
-    """A store under ``root`` with ``n_pairs`` pairs (two seeds of one scene each) queued in a new round."""
-    data = root / "data"
+def make_toy_store(root: Path, n_pairs: int = 3, round_id: int | None = None, store: Store | None = None,
+                   data: Path | None = None) -> ToyStore:
+    """``n_pairs`` pairs (two seeds of one scene each) queued in a new round of ``store`` (default a new one at
+    ``root/runs/labels.db``); their images are saved under, and recorded relative to, ``data`` (default
+    ``root/data``)."""
+    data = data or root / "data"
     if store is None:
         (root / "runs").mkdir(parents=True, exist_ok=True)
         store = Store(root / "runs" / "labels.db")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.paths import DATA, RUNS
+from rlhf.paths import RUNS
 
 DB_VAR = "RLHF_DB"
 DATA_VAR = "RLHF_DATA"
@@ -20,7 +20,9 @@ class AppConfig:
     db: Path
     """The label store (``RLHF_DB``, default ``data/runs/labels.db``)."""
     data: Path
-    """The folder image paths in the store are relative to (``RLHF_DATA``, default ``data/``)."""
+    """The folder image paths in the store are relative to (``RLHF_DATA``). By default the parent of the
+    store's folder, as the rounds driver records them: ``data/`` for ``data/runs/labels.db``, ``data/runs/``
+    for ``data/runs/demo/labels.db``."""
     token: str | None
     """Access token a visitor must type before seeing anything (``RLHF_APP_TOKEN``); None: no gate."""
 
@@ -32,6 +34,6 @@ class AppConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> AppConfig:
         """Read the settings; relative paths are taken from the current folder, empty values count as unset."""
-        db = Path(environ.get(DB_VAR) or RUNS / "labels.db")
-        data = Path(environ.get(DATA_VAR) or DATA)
-        return cls(db=db.absolute(), data=data.absolute(), token=environ.get(TOKEN_VAR) or None)
+        db = Path(environ.get(DB_VAR) or RUNS / "labels.db").absolute()
+        data = Path(environ[DATA_VAR]).absolute() if environ.get(DATA_VAR) else db.parent.parent
+        return cls(db=db, data=data, token=environ.get(TOKEN_VAR) or None)
