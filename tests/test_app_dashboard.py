@@ -71,7 +71,8 @@ def test_dashboard_shows_counts_and_agreement_when_labels_overlap(toy: ToyStore)
 
 def test_dashboard_says_none_yet_when_no_rounds_file(toy: ToyStore) -> None:
     at = dashboard()
-    assert any(info.value.startswith("None yet") and "rounds.json" in info.value for info in at.info)
+    [hint] = [info.value for info in at.info if info.value.startswith("None yet") and "rounds.json" in info.value]
+    assert f"`python -m rlhf.round run --rounds 1 --run-dir {toy.db.parent}`" in hint  # the store this app reads
     assert table(at, "rm/accuracy") is None
 
 

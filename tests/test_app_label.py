@@ -16,9 +16,11 @@ from test_app_toydata import ToyStore, make_toy_store
 APP_DIR = Path(__file__).resolve().parent.parent / "app"
 APP = str(APP_DIR / "label.py")
 sys.path.insert(0, str(APP_DIR))  # as `streamlit run` does, for the unit tests of labelui below
-from labelui.config import AppConfig  # noqa: E402
+from labelui import config as app_config  # noqa: E402
+from labelui.config import AppConfig, round_command, rounds_to_run  # noqa: E402
 from labelui.images import DISPLAY_PX, load_for_display  # noqa: E402
-from rlhf.paths import DATA, RUNS  # noqa: E402
+from rlhf.paths import DATA, ROOT, RUNS  # noqa: E402
+from rlhf.store import Round  # noqa: E402
 
 SHORTCUTS = {"left": "1", "right": "2", "tie": "3", "both_bad": "4", "skip": "5"}
 
@@ -48,6 +50,10 @@ def start(labeller: str) -> AppTest:
 
 def shown(at: AppTest) -> PairToLabel | None:
     return at.session_state["pair"]
+
+
+def round_hint(toy: ToyStore, rounds: int) -> str:
+    return f"python -m rlhf.round run --rounds {rounds} --run-dir {toy.db.parent}"
 
 
 def choose(at: AppTest, choice: str) -> PairToLabel:
@@ -165,7 +171,7 @@ def test_undo_removes_exactly_the_last_label_when_clicked(toy: ToyStore) -> None
 def test_undo_brings_back_older_round_pair_when_new_round_started(toy: ToyStore, tmp_path: Path) -> None:
     at = start("ann")
     labelled = [choose(at, "both_bad") for _ in toy.pair_ids]
-    assert shown(at) is None and [code.value for code in at.code] == ["python -m rlhf.round"]
+    assert shown(at) is None and [code.value for code in at.code] == [round_hint(toy, 2)]
     make_toy_store(tmp_path, n_pairs=2, store=toy.store)  # round 2 starts
     at.button(key="check_queue").click().run()
     assert shown(at).round_id == 2
@@ -186,7 +192,7 @@ def test_empty_queue_names_round_command_when_all_labelled(toy: ToyStore) -> Non
     for _ in toy.pair_ids:
         choose(at, "skip")
     assert shown(at) is None
-    assert [code.value for code in at.code] == ["python -m rlhf.round"]
+    assert [code.value for code in at.code] == [round_hint(toy, 2)]  # finish round 1, queue round 2
     assert "Nothing left to label in round 1" in at.success[0].value
     assert not [b for b in at.button if b.key and b.key.startswith("choice_")]
 
@@ -197,14 +203,14 @@ def test_empty_store_names_round_command_when_no_pair_queued(tmp_path: Path, mon
         monkeypatch.setenv(name, value)
     at = start("ann")
     assert "No pairs are queued yet" in at.info[0].value
-    assert [code.value for code in at.code] == ["python -m rlhf.round"]
+    assert [code.value for code in at.code] == [round_hint(toy, 1)]
 
 
 def test_missing_store_names_round_command_when_db_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLHF_DB", str(tmp_path / "none.db"))
     monkeypatch.delenv("RLHF_APP_TOKEN", raising=False)
     at = open_app()
-    assert [code.value for code in at.code] == ["python -m rlhf.round"]
+    assert [code.value for code in at.code] == [f"python -m rlhf.round run --rounds 1 --run-dir {tmp_path}"]
     assert not (tmp_path / "none.db").exists()
 
 
@@ -265,6 +271,15 @@ def test_name_is_asked_once_when_given(toy: ToyStore) -> None:
     assert [label.labeller for label in toy.store.labels()] == ["ann"]
 
 
+def test_default_store_names_plain_round_command_when_queue_empty(toy: ToyStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_config, "DEFAULT_DB", toy.db)
+    at = start("ann")
+    for _ in toy.pair_ids:
+        choose(at, "skip")
+    assert [code.value for code in at.code] == ["python -m rlhf.round run --rounds 2"]
+
+
 def test_images_are_found_without_rlhf_data_when_store_is_in_a_run_folder(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # As the rounds driver lays a run out: <run folder>/labels.db, image paths relative to its parent.
@@ -281,6 +296,25 @@ def test_data_folder_is_store_folders_parent_when_rlhf_data_unset() -> None:
     assert AppConfig.from_env({}).data == DATA
     assert AppConfig.from_env({"RLHF_DB": str(RUNS / "demo" / "labels.db")}).data == RUNS
     relative = AppConfig.from_env({"RLHF_DB": "runs/demo/labels.db"})
-    assert relative.data == (Path("runs").absolute()) and relative.db.is_absolute()
+    assert relative.data == Path("runs").absolute() and relative.db.is_absolute()
     assert AppConfig.from_env({"RLHF_DB": "x/labels.db", "RLHF_DATA": "/srv/images"}).data == Path("/srv/images")
     assert AppConfig.from_env({"RLHF_DATA": ""}).data == DATA  # empty counts as unset
+
+
+def test_round_command_names_run_folder_when_store_is_not_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert round_command(AppConfig.from_env({}), 1) == "python -m rlhf.round run --rounds 1"
+    demo = AppConfig.from_env({"RLHF_DB": "data/runs/demo/labels.db"})
+    assert round_command(demo, 3) == "python -m rlhf.round run --rounds 3 --run-dir data/runs/demo"
+    spaced = AppConfig.from_env({"RLHF_DB": "/tmp/my runs/labels.db"})
+    assert round_command(spaced, 1) == "python -m rlhf.round run --rounds 1 --run-dir '/tmp/my runs'"
+
+
+def test_rounds_to_run_carries_on_or_finishes_newest_round() -> None:
+    def rounds(*phases: str) -> list[Round]:
+        return [Round(i, phase, {}, "") for i, phase in enumerate(phases, start=1)]
+
+    assert rounds_to_run([]) == 1  # start round 1
+    assert rounds_to_run(rounds("queue")) == 1  # round 1 still queueing its pairs
+    assert rounds_to_run(rounds("done", "label"), labelled_round=2) == 3  # finish round 2, queue round 3
+    assert rounds_to_run(rounds("done", "done"), labelled_round=2) == 3  # start round 3

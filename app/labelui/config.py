@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.paths import RUNS
+from rlhf.store import Round
 
 DB_VAR = "RLHF_DB"
 DATA_VAR = "RLHF_DATA"
 TOKEN_VAR = "RLHF_APP_TOKEN"
+DEFAULT_DB = RUNS / "labels.db"
 ROUND_COMMAND = "python -m rlhf.round"
-"""What starts a round (samples images and queues pairs); the app names it wherever the queue is empty."""
+DONE_PHASE = "done"
+"""The phase of a finished round (the last of ``rlhf.round.loop.PHASES``, not imported: it pulls in torch)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,28 @@ class AppConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> AppConfig:
         """Read the settings; relative paths are taken from the current folder, empty values count as unset."""
-        db = Path(environ.get(DB_VAR) or RUNS / "labels.db").absolute()
+        db = Path(environ.get(DB_VAR) or DEFAULT_DB).absolute()
         data = Path(environ[DATA_VAR]).absolute() if environ.get(DATA_VAR) else db.parent.parent
         return cls(db=db, data=data, token=environ.get(TOKEN_VAR) or None)
+
+
+def round_command(config: AppConfig, rounds: int) -> str:
+    """The command that drives the loop until ``rounds`` rounds are done: it samples images and queues a
+    round's pairs, then returns while they wait for labels. It names ``--run-dir`` unless the store is the
+    default one, so the round lands in the store this app reads."""
+    command = f"{ROUND_COMMAND} run --rounds {rounds}"
+    if config.db.resolve() == DEFAULT_DB.resolve():
+        return command
+    runs = config.runs
+    if runs.is_relative_to(Path.cwd()):
+        runs = runs.relative_to(Path.cwd())
+    return f"{command} --run-dir {shlex.quote(str(runs))}"
+
+
+def rounds_to_run(rounds: Sequence[Round], labelled_round: int | None = None) -> int:
+    """The ``--rounds`` that makes the loop queue pairs to label next: one more than the finished rounds,
+    which carries on an unfinished newest round, or starts a new one after a finished one; one more again
+    when the newest round is ``labelled_round`` (nothing left to label in it), so it is finished first."""
+    done = sum(r.phase == DONE_PHASE for r in rounds)
+    newest = rounds[-1] if rounds else None
+    return done + 1 + (newest is not None and newest.phase != DONE_PHASE and newest.id == labelled_round)

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from labelui.config import ROUND_COMMAND, AppConfig
+from labelui.config import AppConfig, round_command
 from rlhf.store import Store, StoreError
 
 DEFAULTS: dict[str, Any] = {
@@ -48,7 +48,7 @@ def store_or_stop(config: AppConfig) -> Store:
         return held
     if not config.db.exists():
         st.info(f"No label store at {config.db} yet. Start a round, which samples images and queues pairs:")
-        st.code(ROUND_COMMAND, language="bash")
+        st.code(round_command(config, rounds=1), language="bash")
         st.stop()
     try:
         store = Store(config.db, create=False)

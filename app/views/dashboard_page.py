@@ -1,7 +1,7 @@
 """Dashboard page: labels per round and labeller, agreement, reward-model results, before/after gallery."""
 import streamlit as st
 
-from labelui.config import ROUND_COMMAND, AppConfig
+from labelui.config import AppConfig, round_command, rounds_to_run
 from labelui.dashboard import ROUNDS_FILE, RoundsFileError, labels_per_round, read_rounds, reward_curves, round_metrics
 from labelui.images import show_image
 from labelui.queries import gallery
@@ -48,7 +48,8 @@ except RoundsFileError as e:
     st.error(str(e))
     rounds = None
 if not rounds:
-    st.info(f"None yet: {config.runs / ROUNDS_FILE} appears when a round finishes ({ROUND_COMMAND}).")
+    st.info(f"None yet: {config.runs / ROUNDS_FILE} appears when a round finishes "
+            f"(`{round_command(config, rounds_to_run(store.rounds()))}`).")
 else:
     metrics = round_metrics(rounds)
     if not metrics.empty:

@@ -1,7 +1,7 @@
 """Label page: the prompt, two images side by side, five choices on keys 1-5, undo on U."""
 import streamlit as st
 
-from labelui.config import ROUND_COMMAND, AppConfig
+from labelui.config import AppConfig, round_command, rounds_to_run
 from labelui.images import show_image
 from labelui.labelling import (CHOICE_BUTTONS, JUDGING_CHOICES, UNDO_SHORTCUT, ask_labeller, change_labeller,
                                choice_key, pair_on_screen, record, undo)
@@ -46,7 +46,7 @@ if pair is None:
                 "then press Check again:")
     else:
         st.success(f"Nothing left to label in round {round_id}. Start the next round, then press Check again:")
-    st.code(ROUND_COMMAND, language="bash")
+    st.code(round_command(config, rounds_to_run(store.rounds(), round_id)), language="bash")
     with st.container(horizontal=True):
         st.button("Check again", key="check_queue", type="primary")  # a rerun claims any new pair
         st.button("Undo", key="undo", shortcut=UNDO_SHORTCUT, on_click=undo, args=undo_args,
