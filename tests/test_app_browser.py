@@ -2,6 +2,10 @@
 
 Needs Debian's chromium and chromium-driver (scripts/install_browser.sh); skipped, saying so, without them.
 Leaves a screenshot of the Label page in docs/app_label.png when RLHF_SCREENSHOT=1.
+
+The fast-labelling tests record in the page, at each keydown, which pair was on screen (the pair id in the
+prompt's caption, when the pair is visible with both images loaded), and every text the notice line under
+the buttons shows; then they compare that with the store.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +26,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from test_app_toydata import ToyStore, make_toy_store
@@ -33,6 +39,26 @@ WINDOW = "1366,768"  # a laptop screen
 KEYS = {"1": "left", "2": "right", "3": "tie", "4": "both_bad", "5": "skip"}
 RUNNING = "[data-testid='stStatusWidgetRunningIcon'], [data-testid='stStatusWidgetRunningManIcon']"
 T = TypeVar("T")
+ON_SCREEN_JS = """
+const view = document.querySelector('.st-key-pair');
+if (!view || getComputedStyle(view).visibility !== 'visible') return null;
+const images = [...view.querySelectorAll("[data-testid='stImage'] img")];
+if (images.length !== 2 || !images.every(i => i.complete && i.naturalWidth > 0)) return null;
+const caption = view.querySelector("[data-testid='stCaptionContainer']");
+const found = caption && caption.innerText.match(/pair (\\d+)/);
+return found ? Number(found[1]) : null;
+"""
+RECORD_JS = """
+const onScreen = () => { %s };
+window.rlhfPresses = [];
+window.rlhfNotices = [];
+document.addEventListener('keydown', e => window.rlhfPresses.push({key: e.key, pair: onScreen()}), true);
+new MutationObserver(() => {
+  const notice = document.querySelector('.st-key-notice');
+  const text = notice ? notice.innerText : '';
+  if (text !== window.rlhfNotices[window.rlhfNotices.length - 1]) window.rlhfNotices.push(text);
+}).observe(document.body, {childList: true, subtree: true, characterData: true});
+""" % ON_SCREEN_JS
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +83,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def toy(tmp_path: Path) -> ToyStore:
-    return make_toy_store(tmp_path, n_pairs=6)
+def n_pairs() -> int:
+    return 6
+
+
+@pytest.fixture
+def toy(tmp_path: Path, n_pairs: int) -> ToyStore:
+    return make_toy_store(tmp_path, n_pairs=n_pairs)
 
 
 @pytest.fixture
@@ -115,22 +146,54 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 
 def pair_on_screen(driver: webdriver.Chrome) -> int | None:
-    """The pair id the choice buttons belong to (their keys are choice_<choice>_<pair id>)."""
-    for element in driver.find_elements(By.CSS_SELECTOR, "[class*='st-key-choice_left_']"):
+    """The pair id the choice buttons belong to (their keys are choice_<choice>_<pair id>); the previous
+    pair's buttons, kept in the page while the next pair is drawn, are left out."""
+    for element in driver.find_elements(By.CSS_SELECTOR, "[class*='st-key-choice_left_']:not([data-retained])"):
         if match := re.search(r"st-key-choice_left_(\d+)", element.get_attribute("class") or ""):
             return int(match.group(1))
     return None
 
 
-def test_keys_1_to_5_store_labels_when_pressed_in_browser(toy: ToyStore, app_url: str, browser: webdriver.Chrome,
-                                                          tmp_path: Path) -> None:
+def visible_pair(driver: webdriver.Chrome) -> int | None:
+    """The pair a person sees: its prompt's caption, once the pair is visible with both images loaded."""
+    return driver.execute_script(ON_SCREEN_JS)
+
+
+@contextmanager
+def reported(browser: webdriver.Chrome, tmp_path: Path) -> Iterator[None]:
+    """On failure, leave a screenshot and print the page's text."""
     try:
-        label_with_keys(toy, app_url, browser)
+        yield
     except BaseException:
         browser.save_screenshot(str(tmp_path / "failure.png"))
         print(f"page text at failure (screenshot in {tmp_path / 'failure.png'}):\n"
               f"{browser.find_element(By.TAG_NAME, 'body').text}")
         raise
+
+
+def start_labelling(app_url: str, browser: webdriver.Chrome, name: str = "ann") -> None:
+    """Open the app, give a name and wait for the first pair."""
+    browser.get(app_url)
+    field = wait_for("the name field", lambda: browser.find_element(By.CSS_SELECTOR, "input[aria-label='Your name']"))
+    field.send_keys(name)
+    browser.find_element(By.XPATH, "//button[.//p[text()='Start labelling']]").click()
+    wait_for("the first pair", lambda: visible_pair(browser))
+
+
+def choice_buttons_fit(driver: webdriver.Chrome) -> bool:
+    """Whether all five choice buttons lie wholly inside the window."""
+    return driver.execute_script("""
+        const buttons = [...document.querySelectorAll("[class*='st-key-choice_']:not([data-retained]) button")];
+        return buttons.length === 5 && buttons.every(b => {
+            const r = b.getBoundingClientRect();
+            return r.top >= 0 && r.bottom <= window.innerHeight && r.left >= 0 && r.right <= window.innerWidth;
+        });""")
+
+
+def test_keys_1_to_5_store_labels_when_pressed_in_browser(toy: ToyStore, app_url: str, browser: webdriver.Chrome,
+                                                          tmp_path: Path) -> None:
+    with reported(browser, tmp_path):
+        label_with_keys(toy, app_url, browser)
     shot = SCREENSHOT if os.environ.get("RLHF_SCREENSHOT") == "1" else tmp_path / "label.png"
     shot.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(shot))
@@ -139,10 +202,7 @@ def test_keys_1_to_5_store_labels_when_pressed_in_browser(toy: ToyStore, app_url
 
 def label_with_keys(toy: ToyStore, app_url: str, browser: webdriver.Chrome) -> None:
     """Give a name, press 1..5 on five pairs, undo the last with U and press 5 again."""
-    browser.get(app_url)
-    name = wait_for("the name field", lambda: browser.find_element(By.CSS_SELECTOR, "input[aria-label='Your name']"))
-    name.send_keys("ann")
-    browser.find_element(By.XPATH, "//button[.//p[text()='Start labelling']]").click()
+    start_labelling(app_url, browser)
     body = browser.find_element(By.TAG_NAME, "body")
 
     def press(key: str, labels_after: int) -> None:
@@ -165,5 +225,78 @@ def label_with_keys(toy: ToyStore, app_url: str, browser: webdriver.Chrome) -> N
     body.send_keys("u")  # undo the skip: that pair comes back
     wait_for("the undo", lambda: len(toy.store.labels()) == len(KEYS) - 1)
     wait_for("the undone pair back on screen", lambda: pair_on_screen(browser) == labels[-1].pair_id)
+    wait_for("the undo notice", lambda: "Undone: your label" in body.text)
+    assert choice_buttons_fit(browser), "after an undo the choice buttons do not fit in a 1366x768 window"
     press("5", len(KEYS))
     assert [label.choice for label in toy.store.labels()] == list(KEYS.values())
+
+
+def recorded(browser: webdriver.Chrome) -> tuple[list[dict], list[str]]:
+    """The keydowns (key, pair on screen) and the notice line's texts the page recorded since ``RECORD_JS``."""
+    return browser.execute_script("return [window.rlhfPresses, window.rlhfNotices];")
+
+
+def refused_so_far(notice: str) -> int:
+    """The session's refused key presses, as the notice line counts them."""
+    found = re.search(r"\((\d+) key press(es)? not used so far\.\)", notice)
+    return int(found.group(1)) if found else 0
+
+
+def settled(toy: ToyStore, browser: webdriver.Chrome, seconds: float = 1.0) -> None:
+    """Wait until the app has finished its runs and the store has not changed for ``seconds``."""
+    last = (len(toy.store.labels()), time.monotonic())
+    while time.monotonic() - last[1] < seconds:
+        time.sleep(0.1)
+        count = len(toy.store.labels())
+        if count != last[0] or browser.find_elements(By.CSS_SELECTOR, RUNNING):
+            last = (count, time.monotonic())
+
+
+@pytest.mark.parametrize("n_pairs", [24])
+def test_each_key_pressed_50_ms_after_a_pair_appears_labels_that_pair(toy: ToyStore, app_url: str,
+                                                                     browser: webdriver.Chrome,
+                                                                     tmp_path: Path) -> None:
+    with reported(browser, tmp_path):
+        start_labelling(app_url, browser)
+        browser.execute_script(RECORD_JS)
+        body = browser.find_element(By.TAG_NAME, "body")
+        previous = None
+        for n in range(20):
+            previous = wait_for(f"pair {n + 1} on screen",
+                                lambda: (p := visible_pair(browser)) not in (None, previous) and p)
+            time.sleep(0.05)  # as fast as a person can
+            body.send_keys("1234"[n % 4])
+        wait_for("20 labels", lambda: len(toy.store.labels()) == 20)
+        settled(toy, browser)
+        presses, notices = recorded(browser)
+    assert [press for press in presses if press["pair"] is None] == []
+    assert [(label.pair_id, label.choice) for label in toy.store.labels()] == [
+        (press["pair"], KEYS[press["key"]]) for press in presses]
+    assert not [notice for notice in notices if "not used" in notice]
+
+
+@pytest.mark.parametrize("n_pairs", [24])
+def test_burst_of_keys_labels_pairs_on_screen_or_refuses_each_visibly(toy: ToyStore, app_url: str,
+                                                                     browser: webdriver.Chrome,
+                                                                     tmp_path: Path) -> None:
+    with reported(browser, tmp_path):
+        start_labelling(app_url, browser)
+        browser.execute_script(RECORD_JS)
+        burst = ActionChains(browser, duration=0)
+        for n in range(40):  # 50 ms apart, not waiting for anything
+            burst.send_keys("1234"[n % 4]).pause(0.05)
+        burst.perform()
+        settled(toy, browser, seconds=2.0)
+        presses, notices = recorded(browser)
+    assert len(presses) == 40
+    labels = toy.store.labels()
+    shown = {press["pair"] for press in presses} - {None}
+    assert {label.pair_id for label in labels} <= shown  # nothing stored on a pair never on screen
+    unmatched = list(presses)
+    for label in labels:  # each label answers one press made while its pair was on screen, with its key
+        match = next((p for p in unmatched if p["pair"] == label.pair_id and KEYS[p["key"]] == label.choice), None)
+        assert match is not None, f"label {label.choice} of pair {label.pair_id} matches no press: {presses}"
+        unmatched.remove(match)
+    # every other press was refused in the notice line, which counts them and is drawn on every run
+    assert refused_so_far(notices[-1]) == len(unmatched), (presses, notices, labels)
+    assert labels, "the burst stored nothing"

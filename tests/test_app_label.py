@@ -1,5 +1,5 @@
-"""The Label page under AppTest: choices, side order, undo, empty queue, two labellers, refused paths, token;
-and the app's settings."""
+"""The Label page under AppTest: choices, side order, undo, stale presses, empty queue, two labellers, refused
+paths, token; and the app's settings."""
 from __future__ import annotations
 
 import sqlite3
@@ -49,11 +49,16 @@ def start(labeller: str) -> AppTest:
 
 
 def shown(at: AppTest) -> PairToLabel | None:
-    return at.session_state["pair"]
+    return at.session_state["desk"].pair
 
 
 def round_hint(toy: ToyStore, rounds: int) -> str:
     return f"python -m rlhf.round run --rounds {rounds} --run-dir {toy.db.parent}"
+
+
+def notices(at: AppTest) -> list[str]:
+    """The captions on the page: the prompt's and the notice line under the buttons."""
+    return [caption.value for caption in at.caption]
 
 
 def choose(at: AppTest, choice: str) -> PairToLabel:
@@ -162,7 +167,8 @@ def test_undo_removes_exactly_the_last_label_when_clicked(toy: ToyStore) -> None
     assert ("ann", first.pair_id, "left") in kept and ("ann", second.pair_id, "right") not in kept
     assert [labeller for labeller, *_ in kept].count("bob") == 1
     assert shown(ann) == second  # the undone pair comes back, in the same side order
-    assert any("Undone" in info.value for info in ann.info)
+    assert any("Undone: your label “Right is better”" in text for text in notices(ann))
+    assert not ann.info  # the notice sits in the line under the buttons, not in a box above them
     choose(ann, "left")
     last = [label for label in toy.store.labels() if label.labeller == "ann"][-1]
     assert (last.pair_id, last.choice, last.left_image) == (second.pair_id, "left", second.left.id)
@@ -184,7 +190,7 @@ def test_undo_says_nothing_to_undo_when_no_labels(toy: ToyStore) -> None:
     at = start("ann")
     at.button(key="undo").click().run()
     assert toy.store.labels() == []
-    assert any("Nothing to undo" in info.value for info in at.info)
+    assert any("Nothing to undo" in text for text in notices(at))
 
 
 def test_empty_queue_names_round_command_when_all_labelled(toy: ToyStore) -> None:
@@ -269,6 +275,56 @@ def test_name_is_asked_once_when_given(toy: ToyStore) -> None:
     choose(at, "left")
     assert not [w for w in at.text_input if w.key == "labeller_input"]
     assert [label.labeller for label in toy.store.labels()] == ["ann"]
+
+
+def test_stale_press_is_refused_in_notice_when_its_pair_is_gone(toy: ToyStore) -> None:
+    at = start("ann")
+    first = choose(at, "left")
+    second = shown(at)
+    # The browser still had the first pair's buttons: a press on one of them reaches its callback.
+    at.session_state["desk"].record(toy.store, first.pair_id, first.left.id, "right")
+    at.run()
+    assert [(label.pair_id, label.choice) for label in toy.store.labels()] == [(first.pair_id, "left")]
+    assert shown(at) == second  # the pair on screen stays
+    [notice] = [text for text in notices(at) if "not used" in text]
+    assert "Key 2 (“Right is better”) was not used" in notice and "Nothing was stored" in notice
+    assert "(1 key press not used so far.)" in notice
+    desk = at.session_state["desk"]
+    desk.record(toy.store, first.pair_id, first.left.id, "tie")
+    desk.record(toy.store, first.pair_id, first.left.id, "both_bad")
+    at.run()
+    [notice] = [text for text in notices(at) if "not used" in text]
+    assert "Keys 3 (“Tie”) and 4 (“Both bad”) were not used" in notice
+    assert "(3 key presses not used so far.)" in notice
+    choose(at, "left")
+    assert any(text.startswith(f"Saved “Left is better” for pair {second.pair_id}") and "(3 key presses" in text
+               for text in notices(at))  # the tally stays in view
+
+
+def test_stale_twin_of_stored_press_is_not_reported_when_one_key_reaches_both_pairs(toy: ToyStore) -> None:
+    at = start("ann")
+    first = choose(at, "left")
+    second = shown(at)
+    desk = at.session_state["desk"]
+    # One key press fires the new pair's button and the previous pair's, still in the page.
+    desk.record(toy.store, second.pair_id, second.left.id, "tie")
+    desk.record(toy.store, first.pair_id, first.left.id, "tie")
+    at.run()
+    assert [(label.pair_id, label.choice) for label in toy.store.labels()] == [(first.pair_id, "left"),
+                                                                              (second.pair_id, "tie")]
+    assert not [text for text in notices(at) if "not used" in text]
+    assert any(f"Saved “Tie” for pair {second.pair_id}" in text for text in notices(at))
+
+
+def test_other_tabs_label_is_kept_when_two_tabs_show_the_pair(toy: ToyStore) -> None:
+    tab1, tab2 = start("ann"), start("ann")
+    pair = shown(tab1)
+    assert shown(tab2) == pair  # a labeller's open claim comes back in every tab
+    choose(tab1, "left")
+    choose(tab2, "right")
+    assert [(label.pair_id, label.choice) for label in toy.store.labels()] == [(pair.pair_id, "left")]
+    assert any(f"already labelled pair {pair.pair_id}" in text for text in notices(tab2))
+    assert shown(tab2).pair_id != pair.pair_id and not [text for text in notices(tab2) if "not used" in text]
 
 
 def test_default_store_names_plain_round_command_when_queue_empty(toy: ToyStore,

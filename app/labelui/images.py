@@ -1,7 +1,10 @@
 """Turning an image path from the store into pixels on screen, refusing anything outside the data folder."""
 from __future__ import annotations
 
+import base64
+import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -63,4 +66,38 @@ def show_image(data: Path, relative: str, caption: str | None = None) -> bool:
         st.error(str(e))
         return False
     st.image(pixels, caption=caption, width="content" if small else "stretch", output_format="PNG")
+    return True
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image ready to draw without a second request: its PNG pixels as a ``data:`` URL, or why not."""
+
+    url: str | None
+    small: bool = False
+    error: str | None = None
+
+
+def inline_image(data: Path, relative: str) -> InlineImage:
+    """Load and encode the image at ``relative`` (a path from the store) inside ``data``.
+
+    The Label page draws its pair from these: the pixels travel inside the page update itself, so they
+    are in the page before the buttons that judge them, where an image fetched afterwards would still
+    be loading while those buttons already take key presses.
+    """
+    try:
+        pixels, small = load_for_display(resolve_image(data, relative))
+    except ImageRefused as e:
+        return InlineImage(None, error=str(e))
+    png = io.BytesIO()
+    pixels.save(png, format="PNG")
+    return InlineImage(f"data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}", small)
+
+
+def draw_inline(image: InlineImage) -> bool:
+    """Draw an image from ``inline_image``, or its error in its place; True when shown."""
+    if image.url is None:
+        st.error(image.error)
+        return False
+    st.image(image.url, width="content" if image.small else "stretch")
     return True

@@ -7,16 +7,12 @@ from typing import Any
 import streamlit as st
 
 from labelui.config import AppConfig, round_command
+from labelui.labelling import Desk
 from rlhf.store import Store, StoreError
 
 DEFAULTS: dict[str, Any] = {
     "authenticated": False,  # the visitor typed RLHF_APP_TOKEN (or none is set)
-    "labeller": None,  # name labels are stored under; asked once per session
     "store": None,  # Store of the configured path; holds no connection, so safe to keep
-    "pair": None,  # PairToLabel on screen, in the side order it is shown and stored with
-    "shown_at": None,  # time.monotonic() when that pair was first shown, for response_ms
-    "flash": None,  # (kind, text) to show once on the next run: 'info', 'warning' or 'error'
-    "last_saved": None,  # one line about the label just stored
 }
 
 
@@ -24,6 +20,8 @@ def init_state() -> None:
     """Give every session key its default once per session; later runs keep what is there."""
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, value)
+    if "desk" not in st.session_state:
+        st.session_state.desk = Desk()  # the labeller's name, the pair on screen, notices
 
 
 def require_token(expected: str | None) -> None:
@@ -57,15 +55,3 @@ def store_or_stop(config: AppConfig) -> Store:
         st.stop()
     st.session_state.store = store
     return store
-
-
-def flash(kind: str, text: str) -> None:
-    """Show ``text`` once, at the top of the next run (callbacks cannot draw)."""
-    st.session_state.flash = (kind, text)
-
-
-def show_flash() -> None:
-    if st.session_state.flash is not None:
-        kind, text = st.session_state.flash
-        st.session_state.flash = None
-        getattr(st, kind)(text)
