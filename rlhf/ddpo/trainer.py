@@ -11,9 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,11 +29,9 @@ from rlhf.ddpo.rewards import Reward, check_finite
 from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
 from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
+from rlhf.lora import (CheckpointError, add_lora, atomic_folder, make_accelerator, reference_model, restore_trainable,
+                       save_policy, trainable_state)
 from rlhf.models import precision_dtype
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed here; the message says why and what to do."""
 
 
 def base_fingerprint(unet) -> str:
@@ -48,13 +44,9 @@ def base_fingerprint(unet) -> str:
 class DDPOTrainer:
     def __init__(self, pipe, reward: Reward, cfg: DDPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
         self.cfg = cfg.validate()
-        on_gpu = torch.cuda.is_available()  # cpu=True is what lets accelerate run several CPU processes over gloo
         self.run_dir = Path(run_dir)
         if accelerator is None:  # scalars and grids go to tensorboard under run_dir/tensorboard
-            accelerator = Accelerator(cpu=not on_gpu, mixed_precision=cfg.mixed_precision if on_gpu else "no",
-                                      log_with="tensorboard", project_dir=str(self.run_dir))
-            accelerator.init_trackers("tensorboard", config={k: v for k, v in dataclasses.asdict(cfg).items()
-                                                             if isinstance(v, (int, float, str, bool))})
+            accelerator = make_accelerator(self.run_dir, cfg.mixed_precision, dataclasses.asdict(cfg))
         self.accelerator = accelerator
         self.reward = reward
         self.pipe = pipe.to(self.accelerator.device)
@@ -82,13 +74,7 @@ class DDPOTrainer:
         self.base = base_fingerprint(unet)
         self.ref_unet = None
         if cfg.use_lora:
-            from peft import LoraConfig
-
-            unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
-                                        target_modules=list(cfg.lora_targets)))
-            for p in unet.parameters():  # fp32 trainable weights: fp16 LoRA updates underflow to NaN
-                if p.requires_grad:
-                    p.data = p.data.float()
+            add_lora(unet, cfg.lora_rank, cfg.lora_targets)
         else:
             if cfg.kl_coef > 0:
                 self.ref_unet = copy.deepcopy(unet).eval()
@@ -97,19 +83,6 @@ class DDPOTrainer:
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                       weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         self.unet, self.optimizer = self.accelerator.prepare(unet, optimizer)
-
-    @contextlib.contextmanager
-    def _reference_policy(self):
-        """The base model: LoRA adapters switched off, or the frozen copy kept for full fine-tuning."""
-        if self.ref_unet is not None:
-            yield self.ref_unet
-            return
-        unet = self.accelerator.unwrap_model(self.unet)
-        unet.disable_adapters()
-        try:
-            yield unet
-        finally:
-            unet.enable_adapters()
 
     # ----------------------------------------------------------------- phases
     def _batch_prompts(self) -> list[str]:
@@ -194,7 +167,8 @@ class DDPOTrainer:
         else:
             loss, info = score_function_loss(step.log_prob, a), {}
         if self.cfg.kl_coef > 0:
-            with torch.no_grad(), self._reference_policy() as ref, self.accelerator.autocast():
+            reference = reference_model(self.accelerator.unwrap_model(self.unet), self.ref_unet)
+            with torch.no_grad(), reference as ref, self.accelerator.autocast():
                 ref_step = ddim_step(self.scheduler, guided_noise(ref, x, t, embeds, negative, self.cfg.guidance_scale),
                                      t, x, self.cfg.eta, prev_sample=x_next)
             kl = gaussian_kl(step.mean, ref_step.mean, step.std).mean()
@@ -300,29 +274,16 @@ class DDPOTrainer:
         self.saved_epoch = self.epoch  # on every process, so all agree whether a final save is due
         if not acc.is_main_process:
             return None
-        root = self.run_dir / "checkpoints"
-        final = root / f"epoch-{self.epoch:04d}"
-        tmp = root / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        final = self.run_dir / "checkpoints" / f"epoch-{self.epoch:04d}"
         unet = acc.unwrap_model(self.unet)
-        if self.cfg.use_lora:
-            from diffusers import StableDiffusionPipeline
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
-        else:
-            unet.save_pretrained(tmp / "unet")
-        torch.save({
-            "epoch": self.epoch, "base": self.base, "config": dataclasses.asdict(self.cfg),
-            "trainable": {n: p.detach().cpu() for n, p in unet.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(), "stats": self.stats.state_dict(), "rng": self._rng_state(),
-            "baseline_fit": self.baseline_fit.state_dict() if self.baseline_fit else None,
-        }, tmp / "trainer_state.pt")
-        crashpoint("checkpoint")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            save_policy(unet, tmp, self.cfg.use_lora)
+            torch.save({
+                "epoch": self.epoch, "base": self.base, "config": dataclasses.asdict(self.cfg),
+                "trainable": trainable_state(unet), "optimizer": self.optimizer.state_dict(),
+                "stats": self.stats.state_dict(), "rng": self._rng_state(),
+                "baseline_fit": self.baseline_fit.state_dict() if self.baseline_fit else None,
+            }, tmp / "trainer_state.pt")
         return final
 
     def load_policy(self, path: Path | str) -> dict:
@@ -336,13 +297,7 @@ class DDPOTrainer:
         if state["base"] != self.base:
             raise CheckpointError(f"checkpoint {path} was trained on another base model (fingerprint {state['base']}, "
                                   f"this one {self.base}); load the base model it was made from or start a new run")
-        params = dict(self.accelerator.unwrap_model(self.unet).named_parameters())
-        if set(state["trainable"]) != {n for n, p in params.items() if p.requires_grad}:
-            raise CheckpointError(f"checkpoint {path} trained other parameters (LoRA vs full fine-tuning, or another "
-                                  "LoRA rank) than this config; use the settings it was trained with")
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                params[name].copy_(value)
+        restore_trainable(self.accelerator.unwrap_model(self.unet), state["trainable"], path)
         return state
 
     def load_checkpoint(self, path: Path | str) -> None:

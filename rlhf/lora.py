@@ -1,0 +1,97 @@
+"""What every fine-tuning method shares: a LoRA on the UNet (or the whole UNet), its export in the format
+``pipe.load_lora_weights`` reads, and checkpoints written into a temporary folder renamed into place when complete."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from rlhf.faults import crashpoint
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed here; the message says why and what to do."""
+
+
+def add_lora(unet, rank: int, targets: tuple[str, ...] | list[str]) -> None:
+    """A LoRA of ``rank`` on ``targets`` (Gaussian init, alpha = rank), its weights in fp32: fp16 LoRA updates
+    underflow to NaN."""
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets)))
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def save_policy(unet, folder: Path, use_lora: bool) -> None:
+    """The LoRA as ``pytorch_lora_weights.safetensors`` (diffusers' format), or the whole UNet in ``unet/``."""
+    if use_lora:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(unet)))
+    else:
+        unet.save_pretrained(folder / "unet")
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final`` and rename it to ``final`` once the block has written it, so a
+    crash never leaves a half-written ``final`` behind."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    crashpoint("checkpoint")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def trainable_state(unet) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu() for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def restore_trainable(unet, trainable: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy a checkpoint's trained weights into ``unet``, refusing one that trained other parameters."""
+    params = dict(unet.named_parameters())
+    if set(trainable) != {n for n, p in params.items() if p.requires_grad}:
+        raise CheckpointError(f"checkpoint {path} trained other parameters (LoRA vs full fine-tuning, or another "
+                              "LoRA rank) than this config; use the settings it was trained with")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+
+
+def make_accelerator(run_dir: Path, mixed_precision: str, config: dict):
+    """An Accelerator logging to tensorboard under ``run_dir``; CPU processes (gloo) where no GPU is, where mixed
+    precision is off. ``config``'s scalars are logged as the run's settings."""
+    from accelerate import Accelerator
+
+    on_gpu = torch.cuda.is_available()  # cpu=True is what lets accelerate run several CPU processes over gloo
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mixed_precision if on_gpu else "no",
+                              log_with="tensorboard", project_dir=str(run_dir))
+    accelerator.init_trackers("tensorboard", config={k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
+    return accelerator
+
+
+@contextlib.contextmanager
+def reference_model(unet, frozen_copy=None) -> Iterator:
+    """The starting model, to compare the policy with: ``frozen_copy`` (full fine-tuning), else ``unet`` (unwrapped)
+    with its LoRA switched off for the block."""
+    if frozen_copy is not None:
+        yield frozen_copy
+        return
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
