@@ -589,7 +589,7 @@ class Store:
         Idempotent: prompts, images, pairs and labels already present are reused, and a label
         the store already holds differently is kept as it is and counted as a conflict.
         """
-        rows = _read_rows(Path(source))
+        rows = read_rows(Path(source))
         outcomes: Counter[str] = Counter()
         with self._write() as db:
             for number, row in enumerate(rows, start=1):
@@ -784,7 +784,8 @@ def _write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _read_rows(source: Path) -> list[dict[str, Any]]:
+def read_rows(source: Path) -> list[dict[str, Any]]:
+    """The rows of a Pick-a-Pic-style .jsonl or .parquet file (``export``'s format, or a public preference set)."""
     if not source.is_file():
         raise NotFound(f"{source} does not exist")
     if source.suffix == ".parquet":

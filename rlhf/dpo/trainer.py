@@ -1,0 +1,199 @@
+"""Diffusion-DPO training on labelled pairs: each step noises both images of a pair with one timestep and one noise,
+scores the policy's and the reference's denoising errors, and descends `rlhf.dpo.loss.diffusion_dpo_loss`.
+
+The reference is the starting model: the LoRA switched off (no copy of the UNet), or a frozen copy for full
+fine-tuning. Checkpoints (``checkpoints/step-NNNNNN``) hold the LoRA in the format ``pipe.load_lora_weights``
+reads and everything an exact resume needs; they are written into a temporary folder renamed into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rlhf.ddpo.sampling import encode_prompts
+from rlhf.ddpo.trainer import base_fingerprint
+from rlhf.dpo.config import DPOConfig
+from rlhf.dpo.data import PreferencePair, load_pixels
+from rlhf.dpo.loss import diffusion_dpo_loss
+from rlhf.faults import crashpoint
+from rlhf.lora import (CheckpointError, add_lora, atomic_folder, make_accelerator, reference_model, restore_trainable,
+                       save_policy, trainable_state)
+from rlhf.models import precision_dtype
+
+
+class DiffusionDPOTrainer:
+    def __init__(self, pipe, cfg: DPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
+        from diffusers import DDPMScheduler
+
+        self.cfg = cfg.validate()
+        self.run_dir = Path(run_dir)
+        if accelerator is None:  # scalars and grids go to tensorboard under run_dir/tensorboard
+            accelerator = make_accelerator(self.run_dir, cfg.mixed_precision, dataclasses.asdict(cfg))
+        self.accelerator = accelerator
+        self.pipe = pipe.to(accelerator.device)
+        set_seed(cfg.seed, device_specific=True)
+        self.rng = np.random.default_rng(cfg.seed + accelerator.process_index)  # timesteps and noise, per process
+        self.order_rng = np.random.default_rng(cfg.seed)  # the pair order, the same on every process
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self._prepare_models()
+        self.step = 0
+        self.saved_step: int | None = None
+        self.order: list[int] = []  # the rest of the current pass over the pairs
+
+    def _prepare_models(self) -> None:
+        cfg, pipe, acc = self.cfg, self.pipe, self.accelerator
+        weight_dtype = precision_dtype(acc.mixed_precision)
+        for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+            part.requires_grad_(False)
+            part.to(dtype=weight_dtype)
+        unet = pipe.unet
+        self.base = base_fingerprint(unet)
+        self.ref_unet = None
+        if cfg.use_lora:
+            add_lora(unet, cfg.lora_rank, cfg.lora_targets)
+        else:
+            self.ref_unet = copy.deepcopy(unet).eval()
+            unet.float().requires_grad_(True)
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        lr = cfg.learning_rate * (cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+                                  if cfg.scale_lr else 1)
+        optimizer = torch.optim.AdamW(self.params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.adam_weight_decay,
+                                      eps=cfg.adam_epsilon)
+        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+
+    # ----------------------------------------------------------------- the loss of a batch of pairs
+    def latents(self, sources: list[Path | bytes]) -> torch.Tensor:
+        """VAE latents (B, C, h, w) of images at the pipeline's resolution, sampled from the posterior as in training."""
+        pixels = np.stack([load_pixels(s, self.resolution) for s in sources])  # (B, H, W, 3) uint8
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # (B, 3, H, W) in [-1, 1]
+        vae = self.pipe.vae
+        with torch.no_grad():
+            z = vae.encode(x.to(self.accelerator.device, vae.dtype)).latent_dist.sample()
+        return z * vae.config.scaling_factor
+
+    def errors(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean squared error of ``unet``'s prediction against ``target``, (2B,)."""
+        with self.accelerator.autocast():
+            pred = unet(noisy, t, encoder_hidden_states=embeds).sample  # (2B, C, h, w)
+        return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+    def pair_loss(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, dict]:
+        """Winners and losers noised with one timestep and one noise per pair, then the Diffusion-DPO loss."""
+        scheduler, device = self.noise_scheduler, self.accelerator.device
+        z = self.latents([p.winner for p in pairs] + [p.loser for p in pairs])  # (2B, C, h, w): winners, then losers
+        b = len(pairs)
+        gen = torch.Generator().manual_seed(int(self.rng.integers(2**63)))
+        noise = torch.randn(z[:b].shape, generator=gen).to(device, z.dtype).repeat(2, 1, 1, 1)  # (2B, C, h, w)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device).repeat(2)  # (2B,)
+        noisy = scheduler.add_noise(z, noise, t)
+        kind = scheduler.config.prediction_type
+        if kind not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {kind!r}: Diffusion-DPO here supports 'epsilon' and 'v_prediction'")
+        target = noise if kind == "epsilon" else scheduler.get_velocity(z, noise, t)
+        embeds, _ = encode_prompts(self.pipe, [p.prompt for p in pairs], device)
+        embeds = embeds.repeat(2, 1, 1)  # (2B, L, D)
+        err = self.errors(self.unet, noisy, t, embeds, target)
+        with torch.no_grad(), reference_model(self.accelerator.unwrap_model(self.unet), self.ref_unet) as ref:
+            ref_err = self.errors(ref, noisy, t, embeds, target)
+        loss, info = diffusion_dpo_loss(*err.chunk(2), *ref_err.chunk(2), self.cfg.beta)
+        return loss, {f"dpo/{k}": float(v) for k, v in info.items()} | {"dpo/loss": float(loss.detach())}
+
+    # ----------------------------------------------------------------- training
+    def _next_batch(self, pairs: list[PreferencePair]) -> list[PreferencePair]:
+        """This process's next micro-batch: shuffled passes over the pairs, each process taking its own stride."""
+        acc, n = self.accelerator, self.cfg.train_batch_size * self.accelerator.num_processes
+        while len(self.order) < n:
+            self.order += self.order_rng.permutation(len(pairs)).tolist()
+        chosen, self.order = self.order[:n], self.order[n:]
+        return [pairs[i] for i in chosen[acc.process_index::acc.num_processes]]
+
+    def train(self, pairs: list[PreferencePair], steps: int | None = None, progress: bool = True) -> list[dict]:
+        """Optimizer steps (``steps``, default: up to max_train_steps) over ``pairs``; logs and checkpoints."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        target = steps if steps is not None else cfg.max_train_steps - self.step
+        history = []
+        self.unet.train()
+        with tqdm(range(target), desc="diffusion-dpo", disable=not (progress and acc.is_main_process)) as bar:
+            for _ in bar:
+                t0, logs = time.perf_counter(), {}
+                for m in range(cfg.gradient_accumulation_steps):
+                    last = m == cfg.gradient_accumulation_steps - 1
+                    with contextlib.nullcontext() if last else acc.no_sync(self.unet):
+                        loss, info = self.pair_loss(self._next_batch(pairs))
+                        acc.backward(loss / cfg.gradient_accumulation_steps)
+                    for k, v in info.items():
+                        logs.setdefault(k, []).append(v)
+                grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                crashpoint("dpo_step")
+                self.step += 1
+                metrics = {k: float(np.mean(v)) for k, v in logs.items()} | {
+                    "step": self.step, "train/grad_norm": grad_norm, "time/step_s": time.perf_counter() - t0}
+                self._log(metrics)
+                history.append(metrics)
+                bar.set_postfix(loss=f"{metrics['dpo/loss']:.4f}", acc=f"{metrics['dpo/implicit_acc']:.2f}")
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+        return history
+
+    def _log(self, metrics: dict) -> None:
+        self.accelerator.log(metrics, step=self.step)
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path | None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        self.saved_step = self.step
+        if not acc.is_main_process:
+            return None
+        final = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        unet = acc.unwrap_model(self.unet)
+        with atomic_folder(final) as tmp:
+            save_policy(unet, tmp, self.cfg.use_lora)
+            torch.save({
+                "method": "diffusion_dpo", "step": self.step, "base": self.base, "config": dataclasses.asdict(self.cfg),
+                "trainable": trainable_state(unet), "optimizer": self.optimizer.state_dict(), "order": list(self.order),
+                "rng": {"numpy": self.rng.bit_generator.state, "order": self.order_rng.bit_generator.state,
+                        "torch": torch.get_rng_state(), "python": random.getstate()},
+            }, tmp / "trainer_state.pt")
+        return final
+
+    def load_checkpoint(self, path: Path | str) -> None:
+        """Restore policy, optimizer, pair order, RNG and step exactly as saved."""
+        path = Path(path)
+        if not (path / "trainer_state.pt").is_file():
+            raise CheckpointError(f"{path} is not a checkpoint (no trainer_state.pt); pass a checkpoints/step-NNNNNN folder")
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        if state.get("method") != "diffusion_dpo" or state["base"] != self.base:
+            raise CheckpointError(f"{path} is not a Diffusion-DPO checkpoint of this base model; start a new run folder")
+        restore_trainable(self.accelerator.unwrap_model(self.unet), state["trainable"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order = list(state["order"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        self.order_rng.bit_generator.state = state["rng"]["order"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        self.step = self.saved_step = state["step"]
+
+
+def latest_checkpoint(run_dir: Path | str) -> Path | None:
+    found = sorted((Path(run_dir) / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
