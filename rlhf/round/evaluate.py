@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from rlhf.ddpo.sampling import sample_trajectories
+from rlhf.evaluate.images import draw
+from rlhf.evaluate.metrics import HiddenTaste, Judged, LearnedReward, PromptFollowing, reward_metric, score
 from rlhf.toy.tastes import TASTES
-from rlhf.toy.world import parse_caption
 
 EVAL_SEED = 10**9
 """Evaluation seeds start here: far from labelling seeds (prompt x 1000 + k) and DDPO's own generator."""
@@ -40,35 +39,23 @@ def paired_change(after: np.ndarray, before: np.ndarray) -> dict[str, float]:
     return {"mean": round(float(change.mean()), 4), "se": round(float(change.std(ddof=1) / len(change) ** 0.5), 4)}
 
 
-def draw(pipe, unet, prompts: list[str], seeds: list[int], *, num_steps: int, eta: float, guidance_scale: float,
-         batch_size: int = 32) -> np.ndarray:
-    """One image per (prompt, seed) from the stochastic DDIM policy, each depending only on its own seed."""
-    images = []
-    for start in range(0, len(prompts), batch_size):
-        gens = [torch.Generator(pipe.vae.device).manual_seed(s) for s in seeds[start:start + batch_size]]
-        traj = sample_trajectories(pipe, unet, prompts[start:start + batch_size], num_steps=num_steps, eta=eta,
-                                   guidance_scale=guidance_scale, generator=gens)
-        images.append(traj.images)
-    return np.concatenate(images)
-
-
 def prompt_following(images: np.ndarray, prompts: list[str]) -> float | None:
     """Mean share of the asked attributes the analyser finds (toy prompts only; None for others)."""
-    if any(parse_caption(p) is None for p in prompts):
-        return None
-    return float(TASTES["faithful"].score(list(images), prompts).mean())
+    values = PromptFollowing()(Judged(images, prompts))
+    return None if values is None else float(values.mean())
 
 
 def metrics(images: np.ndarray, prompts: list[str], *, reward_model=None, scorers: dict | None = None,
             taste: str | None = None) -> dict:
-    """The figures one evaluated image set gets: the learned reward's ensemble mean and std, each DDPO-style
-    reward in ``scorers`` (CLIP score, aesthetic head) by name, and the hidden taste; each judge is optional."""
-    out: dict[str, float | None] = {"images": len(images), "prompt_following": prompt_following(images, prompts)}
+    """The figures one evaluated image set gets: prompt following (toy prompts; None for others), the learned
+    reward's ensemble mean and std, each DDPO-style reward in ``scorers`` (CLIP score, aesthetic head, HPSv2) by name,
+    and the hidden taste; each judge is optional. Per-image scores come from ``rlhf.evaluate.metrics.score``, as in
+    ``python -m rlhf.evaluate``; this keeps their means."""
+    judges = [PromptFollowing()]
     if reward_model is not None:
-        mean, std = reward_model.score(images, prompts)
-        out |= {"learned_reward": float(mean.mean()), "learned_reward_std": float(std.mean())}
-    for name, scorer in (scorers or {}).items():
-        out[name] = float(np.mean(scorer(images, prompts, [{}] * len(prompts))[0]))
+        judges += [LearnedReward(reward_model), LearnedReward(reward_model, "std")]
+    judges += [reward_metric(name, scorer) for name, scorer in (scorers or {}).items()]
     if taste is not None:
-        out["hidden_score"] = float(TASTES[taste].score(list(images), prompts).mean())
-    return out
+        judges.append(HiddenTaste(taste, name="hidden_score"))
+    scores = score(Judged(images, prompts), judges)
+    return {"images": len(images)} | {name: None if s is None else float(s.mean()) for name, s in scores.items()}

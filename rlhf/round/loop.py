@@ -35,6 +35,7 @@ from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, f
 from reward_models.evaluate import learning_curve, pair_metrics, reliability_diagram
 from rlhf.ddpo.rewards import Aesthetic, ClipScore, HPSv2
 from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
+from rlhf.evaluate.images import load_policy
 from rlhf.faults import crashpoint
 from rlhf.models import load_clip, load_pipeline, precision_dtype
 from rlhf.prompts import load_prompts
@@ -191,13 +192,7 @@ class Loop:
         self._policy = None  # free the previous pipeline before loading the next
         device = self.state.device
         dtype = precision_dtype(cfg.mixed_precision) if device.type == "cuda" else torch.float32
-        pipe = load_pipeline(cfg.pipeline, dtype=dtype, device=device)
-        checkpoint = self.policy_checkpoint(round_id)
-        if checkpoint is not None:
-            if (checkpoint / "unet").is_dir():
-                pipe.unet = type(pipe.unet).from_pretrained(checkpoint / "unet", torch_dtype=dtype).to(device)
-            else:
-                pipe.unet.load_lora_adapter(checkpoint, prefix="unet", weight_name=LORA_FILE)
+        pipe = load_policy(cfg.pipeline, self.policy_checkpoint(round_id), dtype=dtype, device=device)
         self._policy = (round_id, pipe)
         return pipe
 
