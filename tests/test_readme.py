@@ -60,13 +60,14 @@ def test_docs_config_md_is_what_the_code_generates():
 
 def as_written(command: str, runs: Path) -> str:
     """The README command with its run folders under ``runs`` (the checkout's data/runs stays untouched)."""
-    return command.replace("data/runs/", f"{runs}/")
+    return re.sub(r"\bdata/runs\b", str(runs), command)
 
 
 @pytest.mark.slow
 def test_the_labelling_commands_run_as_written(tmp_path, monkeypatch):
     """README's "Label with your team": a human round samples and queues, the app as written shows its pairs and
-    stores a choice, the round waits for the rest, status and reconfigure answer, and the labels export and import."""
+    stores a choice, the round waits for the rest, status and reconfigure answer, the labels export and import, and
+    Diffusion-DPO trains on the export."""
     commands = [c for c in readme_commands() if "data/runs/mine" in c]
     start, app = commands[0], next(c for c in commands if "streamlit run app/label.py" in c)
     assert start == "python -m rlhf.round run --rounds 1 --run-dir data/runs/mine", commands
@@ -100,3 +101,10 @@ def test_the_labelling_commands_run_as_written(tmp_path, monkeypatch):
                               shell=True, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
         assert done.returncode == 0, (command, done.stderr[-2000:])
     assert len(store.labels(1)) == 1  # the import of its own export changed nothing
+
+    (dpo,) = [c for c in readme_commands() if c.startswith("python -m rlhf.dpo")]
+    done = subprocess.run(as_written(dpo.replace("labels.jsonl", str(tmp_path / "labels.jsonl")), runs)
+                          + f" --run-dir {tmp_path / 'dpo'}", shell=True, capture_output=True, text=True, cwd=ROOT,
+                          env=ENV, timeout=600)
+    assert done.returncode == 0, (dpo, done.stderr[-2000:])
+    assert '"pairs": 1' in done.stdout and (tmp_path / "dpo" / "checkpoints").is_dir()

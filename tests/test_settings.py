@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from rlhf.ddpo.config import DDPOConfig
+from rlhf.dpo.config import DPOConfig
 from rlhf.paths import TOY_PIPELINE
 from rlhf.round.__main__ import main
 from rlhf.round.config import RoundConfig, load_config
@@ -164,6 +165,6 @@ def test_a_phase_that_misses_its_model_leaves_the_round_resumable(tmp_path, caps
 
 
 def test_every_setting_has_a_docstring():
-    for cls in (RoundConfig, DDPOConfig):
+    for cls in (RoundConfig, DDPOConfig, DPOConfig):
         assert [name for name, doc in field_docs(cls).items() if not doc] == [], cls.__name__
 

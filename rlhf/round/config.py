@@ -208,7 +208,9 @@ def _toml(value: Any) -> str:
 
 
 def reference() -> str:
-    """docs/config.md: every round and DDPO setting with its type, its default in each preset and its docstring."""
+    """docs/config.md: every round, DDPO and Diffusion-DPO setting with its type, its default in each preset and its
+    docstring."""
+    from rlhf.dpo.config import PRESETS as DPO_PRESETS, DPOConfig
     from rlhf.settings import describe, field_docs
 
     def table(cls, columns: dict[str, Any], skip: set[str] = set()) -> list[str]:
@@ -247,6 +249,12 @@ def reference() -> str:
         "presets end up with. `prompts` is the round's `prompts` set (or `rlhf.ddpo --prompts`).",
         "",
         *table(DDPOConfig, ddpo, skip={"prompts"}),
+        "",
+        "## Diffusion-DPO settings",
+        "",
+        "`python -m rlhf.dpo --pairs FILE` trains on labelled pairs alone, from `--preset` and `--set KEY=VALUE`.",
+        "",
+        *table(DPOConfig, {f"`rlhf.dpo --preset {name}`": preset for name, preset in DPO_PRESETS.items()}),
         "",
     ])
 
