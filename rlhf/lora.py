@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,6 +20,31 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed here; the message says why and what to do."""
+
+
+def base_fingerprint(unet) -> str:
+    """Identifies the base UNet (config and first weights) so a checkpoint is never resumed on another model."""
+    h = hashlib.sha256(json.dumps({k: str(v) for k, v in sorted(unet.config.items())}).encode())
+    h.update(unet.conv_in.weight.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def prepare_policy(pipe, dtype: torch.dtype, use_lora: bool, rank: int, targets, frozen_copy: bool):
+    """Freeze the pipeline in ``dtype`` and make the policy trainable: a LoRA on the UNet, or the whole UNet in
+    fp32. Returns (trainable parameters, a frozen copy of the starting UNet for full fine-tuning with
+    ``frozen_copy``, else None)."""
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+        part.requires_grad_(False)
+        if dtype != torch.float32:
+            part.to(dtype=dtype)
+    unet, reference = pipe.unet, None
+    if use_lora:
+        add_lora(unet, rank, targets)
+    else:
+        if frozen_copy:
+            reference = copy.deepcopy(unet).eval()
+        unet.float().requires_grad_(True)
+    return [p for p in unet.parameters() if p.requires_grad], reference
 
 
 def add_lora(unet, rank: int, targets: tuple[str, ...] | list[str]) -> None:

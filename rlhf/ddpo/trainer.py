@@ -7,9 +7,7 @@ training over processes, and per-prompt statistics are gathered across them.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import hashlib
 import json
 import random
 import time
@@ -29,16 +27,9 @@ from rlhf.ddpo.rewards import Reward, check_finite
 from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
 from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
-from rlhf.lora import (CheckpointError, add_lora, atomic_folder, make_accelerator, reference_model, restore_trainable,
-                       save_policy, trainable_state)
+from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, make_accelerator, prepare_policy, reference_model,
+                       restore_trainable, save_policy, trainable_state)
 from rlhf.models import precision_dtype
-
-
-def base_fingerprint(unet) -> str:
-    """Identifies the base UNet (config and first weights) so a checkpoint is never resumed on another model."""
-    h = hashlib.sha256(json.dumps({k: str(v) for k, v in sorted(unet.config.items())}).encode())
-    h.update(unet.conv_in.weight.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class DDPOTrainer:
@@ -65,24 +56,12 @@ class DDPOTrainer:
     # ----------------------------------------------------------------- set-up
     def _prepare_models(self) -> None:
         cfg, pipe = self.cfg, self.pipe
-        weight_dtype = precision_dtype(self.accelerator.mixed_precision)
-        for part in (pipe.vae, pipe.text_encoder, pipe.unet):
-            part.requires_grad_(False)
-            if weight_dtype != torch.float32:
-                part.to(dtype=weight_dtype)
-        unet = pipe.unet
-        self.base = base_fingerprint(unet)
-        self.ref_unet = None
-        if cfg.use_lora:
-            add_lora(unet, cfg.lora_rank, cfg.lora_targets)
-        else:
-            if cfg.kl_coef > 0:
-                self.ref_unet = copy.deepcopy(unet).eval()
-            unet.float().requires_grad_(True)
-        self.params = [p for p in unet.parameters() if p.requires_grad]
+        self.params, self.ref_unet = prepare_policy(pipe, precision_dtype(self.accelerator.mixed_precision), cfg.use_lora,
+                                                    cfg.lora_rank, cfg.lora_targets, frozen_copy=cfg.kl_coef > 0)
+        self.base = base_fingerprint(pipe.unet)
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                       weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-        self.unet, self.optimizer = self.accelerator.prepare(unet, optimizer)
+        self.unet, self.optimizer = self.accelerator.prepare(pipe.unet, optimizer)
 
     # ----------------------------------------------------------------- phases
     def _batch_prompts(self) -> list[str]:

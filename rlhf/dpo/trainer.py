@@ -8,7 +8,6 @@ reads and everything an exact resume needs; they are written into a temporary fo
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import random
@@ -21,13 +20,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from rlhf.ddpo.sampling import encode_prompts
-from rlhf.ddpo.trainer import base_fingerprint
 from rlhf.dpo.config import DPOConfig
 from rlhf.dpo.data import PreferencePair, load_pixels
 from rlhf.dpo.loss import diffusion_dpo_loss
 from rlhf.faults import crashpoint
-from rlhf.lora import (CheckpointError, add_lora, atomic_folder, make_accelerator, reference_model, restore_trainable,
-                       save_policy, trainable_state)
+from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, make_accelerator, prepare_policy, reference_model,
+                       restore_trainable, save_policy, trainable_state)
 from rlhf.models import precision_dtype
 
 
@@ -53,24 +51,14 @@ class DiffusionDPOTrainer:
 
     def _prepare_models(self) -> None:
         cfg, pipe, acc = self.cfg, self.pipe, self.accelerator
-        weight_dtype = precision_dtype(acc.mixed_precision)
-        for part in (pipe.vae, pipe.text_encoder, pipe.unet):
-            part.requires_grad_(False)
-            part.to(dtype=weight_dtype)
-        unet = pipe.unet
-        self.base = base_fingerprint(unet)
-        self.ref_unet = None
-        if cfg.use_lora:
-            add_lora(unet, cfg.lora_rank, cfg.lora_targets)
-        else:
-            self.ref_unet = copy.deepcopy(unet).eval()
-            unet.float().requires_grad_(True)
-        self.params = [p for p in unet.parameters() if p.requires_grad]
+        self.params, self.ref_unet = prepare_policy(pipe, precision_dtype(acc.mixed_precision), cfg.use_lora, cfg.lora_rank,
+                                                    cfg.lora_targets, frozen_copy=True)
+        self.base = base_fingerprint(pipe.unet)
         lr = cfg.learning_rate * (cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
                                   if cfg.scale_lr else 1)
         optimizer = torch.optim.AdamW(self.params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.adam_weight_decay,
                                       eps=cfg.adam_epsilon)
-        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
 
     # ----------------------------------------------------------------- the loss of a batch of pairs
     def latents(self, sources: list[Path | bytes]) -> torch.Tensor:
