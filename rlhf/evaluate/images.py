@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from PIL import Image
 from tqdm.auto import tqdm
 
 from rlhf.ddpo.sampling import sample_trajectories
+from rlhf.lora import LORA_FILE
 from rlhf.models import ModelLoadError, load_pipeline, precision_dtype, resolve_pipeline
 
 UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -41,10 +41,10 @@ def draw(pipe, unet, prompts: list[str], seeds: list[int], *, num_steps: int, et
 
 def policy_weights(folder: Path) -> Path:
     """The weights file of a policy folder: a LoRA in diffusers' format, or the UNet of full fine-tuning."""
-    candidates = [folder / LORA_WEIGHT_NAME_SAFE] + [folder / "unet" / name for name in UNET_WEIGHTS]
+    candidates = [folder / LORA_FILE] + [folder / "unet" / name for name in UNET_WEIGHTS]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        raise ModelLoadError(f"{folder} holds no {LORA_WEIGHT_NAME_SAFE} and no unet/ weights: pass a LoRA folder "
+        raise ModelLoadError(f"{folder} holds no {LORA_FILE} and no unet/ weights: pass a LoRA folder "
                              "saved with save_lora_weights or a DDPO checkpoint (round-NNN/ddpo/checkpoints/epoch-NNNN)")
     return found
 
@@ -58,7 +58,7 @@ def load_policy(source: str | Path, checkpoint: Path | None, *, dtype: torch.dty
         if (checkpoint / "unet").is_dir():
             pipe.unet = type(pipe.unet).from_pretrained(checkpoint / "unet", torch_dtype=dtype).to(device)
         else:
-            pipe.unet.load_lora_adapter(checkpoint, prefix="unet", weight_name=LORA_WEIGHT_NAME_SAFE)
+            pipe.unet.load_lora_adapter(checkpoint, prefix="unet", weight_name=LORA_FILE)
     return pipe
 
 

@@ -50,7 +50,7 @@ class SentenceEmbedder(Protocol):
 
 
 class TextAlignment:
-    """Cosine of the caption's and the prompt's sentence embeddings, per image (each distinct prompt embedded once)."""
+    """Cosine of the caption's and the prompt's sentence embeddings, per image (each distinct text embedded once)."""
 
     def __init__(self, captioner: Captioner, embedder: SentenceEmbedder, name: str = "text_alignment",
                  title: str = "text alignment"):
@@ -60,8 +60,14 @@ class TextAlignment:
 
     def __call__(self, judged: Judged) -> np.ndarray:
         self.captions = self.captioner(judged)
-        prompts = self.embedder(judged.unique_prompts)[judged.prompt_index]  # (N, D)
-        return cosine(self.embedder(self.captions), prompts)
+        unique = list(dict.fromkeys(self.captions))
+        position = {c: i for i, c in enumerate(unique)}
+        captions = self.embedder(unique)[[position[c] for c in self.captions]]  # (N, D)
+        if isinstance(self.embedder, ClipTextEmbedder):  # the prompts' CLIP embeddings, shared with the CLIP score
+            prompts = judged.text_embeddings(self.embedder.clip).numpy()  # (N, D)
+        else:
+            prompts = self.embedder(judged.unique_prompts)[judged.prompt_index]  # (N, D)
+        return cosine(captions, prompts)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -194,11 +200,16 @@ def caption(analysis) -> str:
 
 
 class ClipTextEmbedder:
-    """The toy world's sentence embedder: a CLIP's text tower (unit-norm ``embed_texts``)."""
+    """The toy world's sentence embedder: a CLIP's text tower (unit-norm ``embed_texts``), each text embedded once
+    however many image sets ask for it (the prompts recur for every model)."""
 
     def __init__(self, clip: Clip, batch_size: int = 64):
         self.clip, self.batch_size, self.name = clip, batch_size, f"{clip.name} text tower"
+        self._seen: dict[str, np.ndarray] = {}
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        chunks = [self.clip.embed_texts(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        return torch.cat(chunks).cpu().numpy()
+        new = [t for t in dict.fromkeys(texts) if t not in self._seen]
+        for i in range(0, len(new), self.batch_size):
+            batch = new[i:i + self.batch_size]
+            self._seen |= dict(zip(batch, self.clip.embed_texts(batch).cpu().numpy()))
+        return np.stack([self._seen[t] for t in texts])
