@@ -129,7 +129,6 @@ def select(prompts: list, limit: int) -> list:
 def finished_rounds(run: Path):
     """(the last finished round's config, [(round id, policy checkpoint)]) of a run folder; a round is finished once
     its DDPO phase is."""
-
     if not (run / "labels.db").is_file():
         raise UsageError(f"--rounds {run}: no labels.db there, so not a run folder; name one made by "
                          "`python -m rlhf.round run --run-dir FOLDER`")

@@ -158,8 +158,11 @@ def score(judged: Judged, metrics: Sequence[Metric]) -> dict[str, np.ndarray | N
         values = metric(judged)
         if values is not None:
             values = np.asarray(values, np.float64)
-            if values.shape != (len(judged),) or not np.isfinite(values).all():
-                raise ValueError(f"metric {metric.name!r} gave {values.shape} scores for {len(judged)} images, or "
-                                 "non-finite ones; a metric returns one finite score per image")
+            if values.shape != (len(judged),):
+                raise ValueError(f"metric {metric.name!r} gave scores of shape {values.shape} for {len(judged)} "
+                                 "images; a metric returns one finite score per image")
+            if not np.isfinite(values).all():
+                raise ValueError(f"metric {metric.name!r} gave {int((~np.isfinite(values)).sum())} non-finite scores; "
+                                 "a metric returns one finite score per image")
         out[metric.name] = values
     return out
