@@ -45,7 +45,6 @@ from rlhf.round.labellers import label_coverage, label_round, load_image, parse_
 from rlhf.store import Round, Store
 
 PHASES = ("sample", "queue", "label", "reward", "ddpo", "eval", "done")
-LORA_FILE = "pytorch_lora_weights.safetensors"
 MIN_LABELS = 5
 """Fewer usable labels than this cannot fit, let alone evaluate, a reward model."""
 
