@@ -89,7 +89,7 @@ def coerce(cls: type, values: Mapping[str, Any], prefix: str = "") -> dict[str, 
     names = [f.name for f in dataclasses.fields(cls)]
     out = {}
     for key, value in values.items():
-        if key not in hints or key not in names:
+        if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(names)}"
             raise SettingError(f"unknown setting '{prefix}{key}'; {hint}")

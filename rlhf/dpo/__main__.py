@@ -39,12 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.lora import CheckpointError
     from rlhf.dpo.data import PairsError, read_pairs
     from rlhf.dpo.trainer import DiffusionDPOTrainer, latest_checkpoint
-    from rlhf.models import ModelLoadError, load_pipeline, resolve_pipeline
+    from rlhf.models import ModelLoadError, load_pipeline
 
     try:
         cfg = PRESETS[args.preset].replace(**dict(map(parse_override, args.set))).validate()
         pairs, skipped = read_pairs(args.pairs, args.images)
-        resolve_pipeline(args.model)
         trainer = DiffusionDPOTrainer(load_pipeline(args.model), cfg, args.run_dir)
         if args.resume and (checkpoint := latest_checkpoint(args.run_dir)):
             trainer.load_checkpoint(checkpoint)

@@ -43,6 +43,9 @@ class DiffusionDPOTrainer:
         self.rng = np.random.default_rng(cfg.seed + accelerator.process_index)  # timesteps and noise, per process
         self.order_rng = np.random.default_rng(cfg.seed)  # the pair order, the same on every process
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {self.noise_scheduler.config.prediction_type!r}: Diffusion-DPO here "
+                             "supports 'epsilon' and 'v_prediction'")
         self.resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
         self._prepare_models()
         self.step = 0
@@ -85,10 +88,7 @@ class DiffusionDPOTrainer:
         noise = torch.randn(z[:b].shape, generator=gen).to(device, z.dtype).repeat(2, 1, 1, 1)  # (2B, C, h, w)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device).repeat(2)  # (2B,)
         noisy = scheduler.add_noise(z, noise, t)
-        kind = scheduler.config.prediction_type
-        if kind not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type {kind!r}: Diffusion-DPO here supports 'epsilon' and 'v_prediction'")
-        target = noise if kind == "epsilon" else scheduler.get_velocity(z, noise, t)
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, t)
         embeds, _ = encode_prompts(self.pipe, [p.prompt for p in pairs], device)
         embeds = embeds.repeat(2, 1, 1)  # (2B, L, D)
         err = self.errors(self.unet, noisy, t, embeds, target)

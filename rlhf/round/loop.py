@@ -119,14 +119,15 @@ class Loop:
     # ----------------------------------------------------------------- driving
     def step(self) -> Outcome:
         """Run the current round's phase (starting a new round after a finished one) and advance it."""
+        fresh = False
         if self.state.is_main_process:
             current = self.current()
-            if current is None or current.phase == "done":
+            if fresh := current is None or current.phase == "done":
                 self.store.add_round(self.config.check_models().to_dict(), phase=PHASES[0])
         self.state.wait_for_everyone()
         current = self.current()
         cfg = self.stored_config(current)
-        if current.phase != "label":  # a missing model fails here, before the phase, and the round stays resumable
+        if not fresh and current.phase != "label":  # a missing model fails here, before the phase: still resumable
             cfg.check_models()
         outcome = Outcome(current.id, current.phase, "")
         if current.phase == "ddpo" or self.state.is_main_process:  # DDPO runs on every process, the rest on one
