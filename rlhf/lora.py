@@ -99,6 +99,29 @@ def restore_trainable(unet, trainable: dict[str, torch.Tensor], path: Path) -> N
             params[name].copy_(value)
 
 
+def load_trained(unet, path: Path | str, base: str) -> dict:
+    """Copy the trained weights of any method's checkpoint (DDPO's epoch-NNNN, a direct method's step-NNNNNN) into
+    ``unet`` (unwrapped), refusing one of another base model; returns the checkpoint's whole state."""
+    path = Path(path)
+    state_file = path / "trainer_state.pt"
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint (no trainer_state.pt); pass a checkpoints/epoch-NNNN or "
+                              "checkpoints/step-NNNNNN folder")
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    if state["base"] != base:
+        raise CheckpointError(f"checkpoint {path} was trained on another base model (fingerprint {state['base']}, "
+                              f"this one {base}); load the base model it was made from or start a new run")
+    restore_trainable(unet, state["trainable"], path)
+    return state
+
+
+def latest_checkpoint(run_dir: Path | str) -> Path | None:
+    """The newest complete checkpoint of a training run (``checkpoints/epoch-NNNN`` or ``checkpoints/step-NNNNNN``)."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(p for p in folder.glob("*-*") if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
 def make_accelerator(run_dir: Path, mixed_precision: str, config: dict):
     """An Accelerator logging to tensorboard under ``run_dir``; CPU processes (gloo) where no GPU is, where mixed
     precision is off. ``config``'s scalars are logged as the run's settings."""

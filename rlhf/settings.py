@@ -115,11 +115,14 @@ def out_of_range(obj: Any, at_least: Mapping[str, float] = {}, above: Mapping[st
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's docstring (the string literal written under it), as one line; '' where it has none."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    """Each field's docstring (the string literal written under it), as one line; '' where it has none. A subclass's
+    new fields follow its bases', whose docstrings stand for the fields it gives other defaults."""
     docs = {}
-    for node, after in zip(body, body[1:] + [None]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
-            docs[node.target.id] = " ".join(after.value.value.split()) if is_doc else ""
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:] + [None]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)
+                if not docs.get(node.target.id):
+                    docs[node.target.id] = " ".join(after.value.value.split()) if is_doc else ""
     return docs

@@ -10,7 +10,8 @@ from rlhf.ddpo.config import PRESETS
 from rlhf.ddpo.rewards import NonFiniteReward, TasteReward
 from rlhf.ddpo.logprob import ddim_step
 from rlhf.ddpo.sampling import decode, guided_noise, sample_trajectories
-from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer, latest_checkpoint
+from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer
+from rlhf.lora import latest_checkpoint
 from rlhf.models import load_pipeline
 from rlhf.paths import TOY_PIPELINE
 

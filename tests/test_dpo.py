@@ -14,8 +14,8 @@ from rlhf.dpo.__main__ import main
 from rlhf.dpo.config import PRESETS
 from rlhf.dpo.data import PreferencePair
 from rlhf.dpo.loss import diffusion_dpo_loss
-from rlhf.dpo.trainer import DiffusionDPOTrainer, latest_checkpoint
-from rlhf.lora import LORA_FILE
+from rlhf.dpo.trainer import DiffusionDPOTrainer
+from rlhf.lora import LORA_FILE, latest_checkpoint
 from rlhf.models import load_pipeline
 from rlhf.toy.world import dataset
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.labelui.dashboard import read_rounds, round_metrics
-from rlhf.ddpo.trainer import latest_checkpoint
+from rlhf.lora import latest_checkpoint
 from rlhf.paths import ROOT
 from rlhf.round.__main__ import hidden_gains, main
 from rlhf.round.config import ConfigError, load_config
@@ -56,7 +56,7 @@ def two_rounds(tmp_path_factory):
 def test_two_toy_rounds_go_through_every_phase(two_rounds):
     loop, outcomes = two_rounds
     assert [(o.round_id, o.phase) for o in outcomes] == [
-        (r, p) for r in (1, 2) for p in ("sample", "queue", "label", "reward", "ddpo", "eval")]
+        (r, p) for r in (1, 2) for p in ("sample", "queue", "label", "reward", "train", "eval")]
     assert_round_complete(loop.run_dir, rounds=2)
     selections = {p.selection for p in loop.store.pairs(2)}
     assert selections == {"audit", "random", "active"}  # round 2 has a reward model to be active with
@@ -161,9 +161,14 @@ CRASH_POINTS = ["sample#4", "phase#1", "queue#2", "label#3", "reward", "phase#4"
                 "checkpoint#2", "eval#1", "eval#3"]
 
 
-def _run_cli(run_dir, crash: str | None = None) -> subprocess.CompletedProcess:
+DIRECT = ["dpo.max_train_steps=4", "dpo.train_batch_size=2", "dpo.save_every=2"]
+"""A direct method's training at test size: 4 steps, a checkpoint after steps 2 and 4."""
+DIRECT_CRASH_POINTS = ["sample#4", "dpo_step#3", "checkpoint#1", "checkpoint#2", "phase#5"]
+
+
+def _run_cli(run_dir, crash: str | None = None, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"RLHF_CRASH_AT": crash} if crash else {})
-    args = [a for item in TINY for a in ("--set", item)]
+    args = [a for item in TINY + list(extra) for a in ("--set", item)]
     return subprocess.run([sys.executable, "-m", "rlhf.round", "run", "--rounds", "1", "--run-dir", str(run_dir),
                            "--labeller", "synthetic:large_warm", *args], env=env, capture_output=True, text=True, cwd=ROOT)
 
@@ -182,13 +187,32 @@ def test_sigkill_anywhere_then_rerun_finishes_the_round_exactly_once(tmp_path, p
 
 
 @pytest.mark.slow
-def test_the_ddpo_phase_under_accelerate_launch_with_two_cpu_processes(tmp_path):
-    """The driver under ``accelerate launch``: one process runs the other phases, both run DDPO (gloo)."""
+@pytest.mark.parametrize("point", DIRECT_CRASH_POINTS)
+def test_sigkill_in_a_d3po_round_then_rerun_finishes_it_exactly_once(tmp_path, point):
+    """D3PO's round adds trajectory files to sampling and a direct trainer to training: the same guarantees hold."""
+    run_dir = tmp_path / "runs"
+    killed = _run_cli(run_dir, point, "method=d3po", *DIRECT)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    finished = _run_cli(run_dir, None, "method=d3po", *DIRECT)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert_round_complete(run_dir)
+    assert not list(run_dir.rglob(".tmp-*"))
+    images = Store(run_dir / "labels.db").images(1)
+    assert all((run_dir.parent / im.path).with_suffix(".traj.npz").is_file() for im in images)
+    state = torch.load(run_dir / "round-001" / "d3po" / "checkpoints" / "step-000004" / "trainer_state.pt",
+                       weights_only=False)
+    assert state["method"] == "d3po" and state["step"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ddpo", "diffusion_dpo", "d3po"])
+def test_the_training_phase_under_accelerate_launch_with_two_cpu_processes(tmp_path, method):
+    """The driver under ``accelerate launch``: one process runs the other phases, both train (gloo)."""
     import socket
 
     run_dir = tmp_path / "runs"
-    loop = Loop(run_dir, tiny())
-    while loop.current() is None or loop.current().phase != "ddpo":
+    loop = Loop(run_dir, tiny("synthetic:large_warm", f"method={method}", *DIRECT))
+    while loop.current() is None or loop.current().phase != "train":
         loop.step()
     with socket.socket() as s:  # a free loopback port for the gloo rendezvous
         s.bind(("127.0.0.1", 0))
@@ -199,6 +223,10 @@ def test_the_ddpo_phase_under_accelerate_launch_with_two_cpu_processes(tmp_path)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    metrics = [json.loads(line) for line in (run_dir / "round-001" / "ddpo" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["reward/count"] for m in metrics] == [8, 8]  # 4 samples per process per epoch, gathered
+    metrics = [json.loads(line) for line in (run_dir / "round-001" / method / "metrics.jsonl").read_text().splitlines()]
+    if method == "ddpo":
+        assert [m["reward/count"] for m in metrics] == [8, 8]  # 4 samples per process per epoch, gathered
+    else:
+        assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # logged by the main process alone
+        assert latest_checkpoint(run_dir / "round-001" / method).name == "step-000004"
     assert loop.current().phase == "eval"

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rlhf.ddpo.rewards import NonFiniteReward, make_reward
-    from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer, latest_checkpoint
+    from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer
+    from rlhf.lora import latest_checkpoint
     from rlhf.models import ModelLoadError, load_clip, load_pipeline
     from rlhf.prompts import PromptFileError, load_prompts
 

@@ -27,8 +27,8 @@ from rlhf.ddpo.rewards import Reward, check_finite
 from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
 from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
-from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, make_accelerator, prepare_policy, reference_model,
-                       restore_trainable, save_policy, trainable_state)
+from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, load_trained,
+                       make_accelerator, prepare_policy, reference_model, save_policy, trainable_state)
 from rlhf.models import precision_dtype
 
 
@@ -268,20 +268,14 @@ class DDPOTrainer:
     def load_policy(self, path: Path | str) -> dict:
         """Start from a checkpoint's trained weights only (a new round's fresh optimizer and statistics);
         returns the checkpoint's full state."""
-        path = Path(path)
-        state_file = path / "trainer_state.pt"
-        if not state_file.is_file():
-            raise CheckpointError(f"{path} is not a DDPO checkpoint (no trainer_state.pt); pass a checkpoints/epoch-NNNN folder")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state["base"] != self.base:
-            raise CheckpointError(f"checkpoint {path} was trained on another base model (fingerprint {state['base']}, "
-                                  f"this one {self.base}); load the base model it was made from or start a new run")
-        restore_trainable(self.accelerator.unwrap_model(self.unet), state["trainable"], path)
-        return state
+        return load_trained(self.accelerator.unwrap_model(self.unet), path, self.base)
 
     def load_checkpoint(self, path: Path | str) -> None:
         """Restore model, optimizer, stat tracker, RNG and epoch exactly as saved."""
         state = self.load_policy(path)
+        if "method" in state:
+            raise CheckpointError(f"{path} is a {state['method']} checkpoint, not DDPO; resume it with its own method or "
+                                  "start a new run folder")
         self.optimizer.load_state_dict(state["optimizer"])
         self.stats.load_state_dict(state["stats"])
         if self.baseline_fit:
@@ -296,8 +290,3 @@ class DDPOTrainer:
         random.setstate(rng["python"])
         self.prompt_queue = list(rng["prompt_queue"])
         self.epoch = self.saved_epoch = state["epoch"]
-
-
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    found = sorted((Path(run_dir) / "checkpoints").glob("epoch-*"))
-    return found[-1] if found else None

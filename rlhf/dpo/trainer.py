@@ -1,9 +1,10 @@
-"""Diffusion-DPO training on labelled pairs: each step noises both images of a pair with one timestep and one noise,
-scores the policy's and the reference's denoising errors, and descends `rlhf.dpo.loss.diffusion_dpo_loss`.
-
-The reference is the starting model: the LoRA switched off (no copy of the UNet), or a frozen copy for full
-fine-tuning. Checkpoints (``checkpoints/step-NNNNNN``) hold the LoRA in the format ``pipe.load_lora_weights``
-reads and everything an exact resume needs; they are written into a temporary folder renamed into place.
+"""Training on labelled pairs directly. `PreferenceTrainer` holds what the direct methods share: the LoRA (or whole
+UNet), AdamW, shuffled passes over the pairs split across processes, gradient accumulation, logging and checkpoints
+(``checkpoints/step-NNNNNN``: the policy in the format ``pipe.load_lora_weights`` reads and everything an exact
+resume needs, written into a temporary folder renamed into place). `DiffusionDPOTrainer` noises both images of a
+pair with one timestep and one noise, scores the policy's and the reference's denoising errors and descends
+`rlhf.dpo.loss.diffusion_dpo_loss`; its reference is the base model: the LoRA switched off (no copy of the UNet),
+or a frozen copy for full fine-tuning. D3PO is in `rlhf.dpo.d3po`.
 """
 from __future__ import annotations
 
@@ -19,20 +20,21 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from rlhf.ddpo.sampling import encode_prompts
 from rlhf.dpo.config import DPOConfig
 from rlhf.dpo.data import PreferencePair, load_pixels
 from rlhf.dpo.loss import diffusion_dpo_loss
 from rlhf.faults import crashpoint
-from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, make_accelerator, prepare_policy, reference_model,
-                       restore_trainable, save_policy, trainable_state)
+from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, load_trained,
+                       make_accelerator, prepare_policy, reference_model, save_policy, trainable_state)
 from rlhf.models import precision_dtype
 
 
-class DiffusionDPOTrainer:
-    def __init__(self, pipe, cfg: DPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
-        from diffusers import DDPMScheduler
+class PreferenceTrainer:
+    METHOD = ""
+    NEEDS_REFERENCE_COPY = True
+    """full fine-tuning keeps a frozen copy of the starting UNet as the reference"""
 
+    def __init__(self, pipe, cfg: DPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         if accelerator is None:  # scalars and grids go to tensorboard under run_dir/tensorboard
@@ -42,11 +44,6 @@ class DiffusionDPOTrainer:
         set_seed(cfg.seed, device_specific=True)
         self.rng = np.random.default_rng(cfg.seed + accelerator.process_index)  # timesteps and noise, per process
         self.order_rng = np.random.default_rng(cfg.seed)  # the pair order, the same on every process
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type {self.noise_scheduler.config.prediction_type!r}: Diffusion-DPO here "
-                             "supports 'epsilon' and 'v_prediction'")
-        self.resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
         self._prepare_models()
         self.step = 0
         self.saved_step: int | None = None
@@ -55,7 +52,7 @@ class DiffusionDPOTrainer:
     def _prepare_models(self) -> None:
         cfg, pipe, acc = self.cfg, self.pipe, self.accelerator
         self.params, self.ref_unet = prepare_policy(pipe, precision_dtype(acc.mixed_precision), cfg.use_lora, cfg.lora_rank,
-                                                    cfg.lora_targets, frozen_copy=True)
+                                                    cfg.lora_targets, frozen_copy=self.NEEDS_REFERENCE_COPY)
         self.base = base_fingerprint(pipe.unet)
         lr = cfg.learning_rate * (cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
                                   if cfg.scale_lr else 1)
@@ -63,39 +60,9 @@ class DiffusionDPOTrainer:
                                       eps=cfg.adam_epsilon)
         self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
 
-    # ----------------------------------------------------------------- the loss of a batch of pairs
-    def latents(self, sources: list[Path | bytes]) -> torch.Tensor:
-        """VAE latents (B, C, h, w) of images at the pipeline's resolution, sampled from the posterior as in training."""
-        pixels = np.stack([load_pixels(s, self.resolution) for s in sources])  # (B, H, W, 3) uint8
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # (B, 3, H, W) in [-1, 1]
-        vae = self.pipe.vae
-        with torch.no_grad():
-            z = vae.encode(x.to(self.accelerator.device, vae.dtype)).latent_dist.sample()
-        return z * vae.config.scaling_factor
-
-    def errors(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean squared error of ``unet``'s prediction against ``target``, (2B,)."""
-        with self.accelerator.autocast():
-            pred = unet(noisy, t, encoder_hidden_states=embeds).sample  # (2B, C, h, w)
-        return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-
-    def pair_loss(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, dict]:
-        """Winners and losers noised with one timestep and one noise per pair, then the Diffusion-DPO loss."""
-        scheduler, device = self.noise_scheduler, self.accelerator.device
-        z = self.latents([p.winner for p in pairs] + [p.loser for p in pairs])  # (2B, C, h, w): winners, then losers
-        b = len(pairs)
-        gen = torch.Generator().manual_seed(int(self.rng.integers(2**63)))
-        noise = torch.randn(z[:b].shape, generator=gen).to(device, z.dtype).repeat(2, 1, 1, 1)  # (2B, C, h, w)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device).repeat(2)  # (2B,)
-        noisy = scheduler.add_noise(z, noise, t)
-        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, t)
-        embeds, _ = encode_prompts(self.pipe, [p.prompt for p in pairs], device)
-        embeds = embeds.repeat(2, 1, 1)  # (2B, L, D)
-        err = self.errors(self.unet, noisy, t, embeds, target)
-        with torch.no_grad(), reference_model(self.accelerator.unwrap_model(self.unet), self.ref_unet) as ref:
-            ref_err = self.errors(ref, noisy, t, embeds, target)
-        loss, info = diffusion_dpo_loss(*err.chunk(2), *ref_err.chunk(2), self.cfg.beta)
-        return loss, {f"dpo/{k}": float(v) for k, v in info.items()} | {"dpo/loss": float(loss.detach())}
+    def accumulate(self, batch: list, scale: float) -> dict:
+        """Backpropagate ``scale`` x the loss of one micro-batch of pairs; returns its scalars."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- training
     def _next_batch(self, pairs: list[PreferencePair]) -> list[PreferencePair]:
@@ -114,14 +81,13 @@ class DiffusionDPOTrainer:
         target = steps if steps is not None else cfg.max_train_steps - self.step
         history = []
         self.unet.train()
-        with tqdm(range(target), desc="diffusion-dpo", disable=not (progress and acc.is_main_process)) as bar:
+        with tqdm(range(target), desc=self.METHOD, disable=not (progress and acc.is_main_process)) as bar:
             for _ in bar:
                 t0, logs = time.perf_counter(), {}
                 for m in range(cfg.gradient_accumulation_steps):
                     last = m == cfg.gradient_accumulation_steps - 1
                     with contextlib.nullcontext() if last else acc.no_sync(self.unet):
-                        loss, info = self.pair_loss(self._next_batch(pairs))
-                        acc.backward(loss / cfg.gradient_accumulation_steps)
+                        info = self.accumulate(self._next_batch(pairs), 1 / cfg.gradient_accumulation_steps)
                     for k, v in info.items():
                         logs.setdefault(k, []).append(v)
                 grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
@@ -157,22 +123,23 @@ class DiffusionDPOTrainer:
         with atomic_folder(final) as tmp:
             save_policy(unet, tmp, self.cfg.use_lora)
             torch.save({
-                "method": "diffusion_dpo", "step": self.step, "base": self.base, "config": dataclasses.asdict(self.cfg),
+                "method": self.METHOD, "step": self.step, "base": self.base, "config": dataclasses.asdict(self.cfg),
                 "trainable": trainable_state(unet), "optimizer": self.optimizer.state_dict(), "order": list(self.order),
                 "rng": {"numpy": self.rng.bit_generator.state, "order": self.order_rng.bit_generator.state,
                         "torch": torch.get_rng_state(), "python": random.getstate()},
             }, tmp / "trainer_state.pt")
         return final
 
+    def load_policy(self, path: Path | str) -> dict:
+        """Start from any method's checkpoint's trained weights only (a new round's fresh optimizer); returns its state."""
+        return load_trained(self.accelerator.unwrap_model(self.unet), path, self.base)
+
     def load_checkpoint(self, path: Path | str) -> None:
         """Restore policy, optimizer, pair order, RNG and step exactly as saved."""
-        path = Path(path)
-        if not (path / "trainer_state.pt").is_file():
-            raise CheckpointError(f"{path} is not a checkpoint (no trainer_state.pt); pass a checkpoints/step-NNNNNN folder")
-        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
-        if state.get("method") != "diffusion_dpo" or state["base"] != self.base:
-            raise CheckpointError(f"{path} is not a Diffusion-DPO checkpoint of this base model; start a new run folder")
-        restore_trainable(self.accelerator.unwrap_model(self.unet), state["trainable"], path)
+        state = self.load_policy(path)
+        if state.get("method") != self.METHOD:
+            raise CheckpointError(f"{path} is a {state.get('method', 'DDPO')} checkpoint, not {self.METHOD}; resume it "
+                                  "with its own method or start a new run folder")
         self.optimizer.load_state_dict(state["optimizer"])
         self.order = list(state["order"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
@@ -182,6 +149,53 @@ class DiffusionDPOTrainer:
         self.step = self.saved_step = state["step"]
 
 
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    found = sorted((Path(run_dir) / "checkpoints").glob("step-*"))
-    return found[-1] if found else None
+class DiffusionDPOTrainer(PreferenceTrainer):
+    METHOD = "diffusion_dpo"
+
+    def __init__(self, pipe, cfg: DPOConfig, run_dir: Path | str, accelerator: Accelerator | None = None):
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {self.noise_scheduler.config.prediction_type!r}: Diffusion-DPO here "
+                             "supports 'epsilon' and 'v_prediction'")
+        self.resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        super().__init__(pipe, cfg, run_dir, accelerator)
+
+    # ----------------------------------------------------------------- the loss of a batch of pairs
+    def latents(self, sources: list[Path | bytes]) -> torch.Tensor:
+        """VAE latents (B, C, h, w) of images at the pipeline's resolution, sampled from the posterior as in training."""
+        pixels = np.stack([load_pixels(s, self.resolution) for s in sources])  # (B, H, W, 3) uint8
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # (B, 3, H, W) in [-1, 1]
+        vae = self.pipe.vae
+        with torch.no_grad():
+            z = vae.encode(x.to(self.accelerator.device, vae.dtype)).latent_dist.sample()
+        return z * vae.config.scaling_factor
+
+    def errors(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean squared error of ``unet``'s prediction against ``target``, (2B,)."""
+        with self.accelerator.autocast():
+            pred = unet(noisy, t, encoder_hidden_states=embeds).sample  # (2B, C, h, w)
+        return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+    def pair_loss(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, dict]:
+        """Winners and losers noised with one timestep and one noise per pair, then the Diffusion-DPO loss."""
+        scheduler, device = self.noise_scheduler, self.accelerator.device
+        z = self.latents([p.winner for p in pairs] + [p.loser for p in pairs])  # (2B, C, h, w): winners, then losers
+        b = len(pairs)
+        gen = torch.Generator().manual_seed(int(self.rng.integers(2**63)))
+        noise = torch.randn(z[:b].shape, generator=gen).to(device, z.dtype).repeat(2, 1, 1, 1)  # (2B, C, h, w)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device).repeat(2)  # (2B,)
+        noisy = scheduler.add_noise(z, noise, t)
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, t)
+        embeds = self.pipe.encode_prompt([p.prompt for p in pairs], device, 1, False)[0].repeat(2, 1, 1)  # (2B, L, D), no CFG
+        err = self.errors(self.unet, noisy, t, embeds, target)
+        with torch.no_grad(), reference_model(self.accelerator.unwrap_model(self.unet), self.ref_unet) as ref:
+            ref_err = self.errors(ref, noisy, t, embeds, target)
+        loss, info = diffusion_dpo_loss(*err.chunk(2), *ref_err.chunk(2), self.cfg.beta)
+        return loss, {f"dpo/{k}": float(v) for k, v in info.items()} | {"dpo/loss": float(loss.detach())}
+
+    def accumulate(self, batch: list[PreferencePair], scale: float) -> dict:
+        loss, info = self.pair_loss(batch)
+        self.accelerator.backward(loss * scale)
+        return info

@@ -24,7 +24,7 @@ import torch
 from reward_models.ensemble import MODEL_FILE, BackboneMismatch, RewardModel
 from rlhf.ddpo.config import PRESETS as DDPO_PRESETS
 from rlhf.ddpo.rewards import Aesthetic, HPSv2
-from rlhf.ddpo.trainer import latest_checkpoint
+from rlhf.lora import latest_checkpoint
 from rlhf.evaluate.harness import Absent, Evaluation, run
 from rlhf.evaluate.images import ImageCache, Model, Sampler, policy_weights
 from rlhf.evaluate.metrics import AestheticScore, ClipCosine, HiddenTaste, LearnedReward, PromptFollowing
@@ -133,7 +133,7 @@ def finished_rounds(run: Path):
         raise UsageError(f"--rounds {run}: no labels.db there, so not a run folder; name one made by "
                          "`python -m rlhf.round run --run-dir FOLDER`")
     done = [r for r in Store(run / "labels.db", create=False).rounds() if r.phase in ("eval", "done")]
-    checkpoints = [(r.id, latest_checkpoint(run / f"round-{r.id:03d}" / "ddpo")) for r in done]
+    checkpoints = [(r.id, latest_checkpoint(run / f"round-{r.id:03d}" / r.config.get("method", "ddpo"))) for r in done]
     if not done or any(c is None for _, c in checkpoints):
         raise UsageError(f"--rounds {run}: no finished round with a DDPO checkpoint; finish one with "
                          f"`python -m rlhf.round run --rounds 1 --run-dir {run}`")

@@ -84,7 +84,8 @@ def reconfigure(run_dir: Path, preset: str | None, file: Path | None, overrides:
     import dataclasses
 
     from rlhf.ddpo.config import DDPOConfig
-    from rlhf.round.config import PRESETS, ConfigError, RoundConfig, from_dict, merge
+    from rlhf.dpo.config import D3POConfig
+    from rlhf.round.config import PRESETS, TABLES, ConfigError, RoundConfig, from_dict, merge
     from rlhf.round.loop import RoundError
     from rlhf.store import Store
 
@@ -100,14 +101,17 @@ def reconfigure(run_dir: Path, preset: str | None, file: Path | None, overrides:
     if preset is not None:
         base = PRESETS[preset].to_dict()
     else:  # its own settings, less any that this version no longer knows
-        known, known_ddpo = {f.name for f in dataclasses.fields(RoundConfig)}, {f.name for f in dataclasses.fields(DDPOConfig)}
+        known = {f.name for f in dataclasses.fields(RoundConfig)}
         base = {k: v for k, v in current.config.items() if k in known}
-        base["ddpo"] = {k: v for k, v in current.config.get("ddpo", {}).items() if k in known_ddpo}
+        for table, cls in (("ddpo", DDPOConfig), ("dpo", D3POConfig)):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            base[table] = {k: v for k, v in current.config.get(table, {}).items() if k in fields}
     config = from_dict(merge(base, file, overrides)).check_models().to_dict()
     store.set_round_config(current.id, config)
 
     def flat(c: dict) -> dict[str, str]:
-        return {k: json.dumps(v) for k, v in c.items() if k != "ddpo"} | {f"ddpo.{k}": json.dumps(v) for k, v in c.get("ddpo", {}).items()}
+        return {k: json.dumps(v) for k, v in c.items() if k not in TABLES} | {
+            f"{t}.{k}": json.dumps(v) for t in TABLES for k, v in c.get(t, {}).items()}
 
     old, new = flat(current.config), flat(config)
     changed = [f"{k}={new.get(k, '(removed)')}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.ddpo.config import PRESETS as DDPO_PRESETS, DDPOConfig
+from rlhf.dpo.config import METHOD_PRESETS, D3POConfig, DPOConfig
 from rlhf.paths import TOY_CLIP, TOY_PIPELINE
 from rlhf.prompts import PromptFileError, load_prompts
 from rlhf.settings import SettingError, coerce, out_of_range, parse_override
@@ -54,14 +55,22 @@ class RoundConfig:
     uncertainty_penalty: float = 1.0
     """DDPO reward = ensemble mean - this x ensemble std (over-optimisation guard)"""
 
-    # DDPO
+    # training
+    method: str = "ddpo"
+    """how the labels train the policy: 'ddpo' (against the reward model), or on the labelled pairs themselves with
+    'diffusion_dpo' or 'd3po' (the reward model is fitted either way, for active selection and the reports)"""
     ddpo_preset: str = "toy"
     """DDPO preset the ``ddpo`` overrides apply to: 'toy' (measured on the toy world) or 'reference' (ddpo-pytorch)"""
     ddpo: dict[str, Any] = field(default_factory=lambda: {"num_epochs": 10, "kl_coef": 0.03, "save_every": 5,
                                                           "x0_baseline": True})
     """overrides of the DDPO preset (any DDPO setting below), e.g. {num_epochs = 30}; the KL to the base model guards
     later rounds against drifting off the prompts, and the per-step state baseline is what lets 10 epochs raise a
-    learned reward (docs/results/state_baseline.md)"""
+    learned reward (docs/results/state_baseline.md); its sampler settings (num_steps, eta, guidance_scale) draw every
+    round's images, whatever the method"""
+    dpo_preset: str = "toy"
+    """preset of the direct method ('toy' or 'reference') the ``dpo`` overrides apply to"""
+    dpo: dict[str, Any] = field(default_factory=dict)
+    """overrides of the direct method's preset (any Diffusion-DPO or D3PO setting below), e.g. {learning_rate = 1e-4}"""
 
     # evaluation
     eval_prompts: str = "toy_eval"
@@ -91,7 +100,8 @@ class RoundConfig:
         problems = out_of_range(self, at_least={"images_per_prompt": 2, "pairs_per_round": 1, "audit_pairs": 0,
                                                 "ensemble_size": 1, "uncertainty_penalty": 0, "eval_prompt_count": 0,
                                                 "eval_seeds": 1, "eval_prompt_seeds": 1},
-                                one_of={"ddpo_preset": tuple(DDPO_PRESETS), "mixed_precision": ("no", "fp16", "bf16")})
+                                one_of={"ddpo_preset": tuple(DDPO_PRESETS), "mixed_precision": ("no", "fp16", "bf16"),
+                                        "method": ("ddpo", *METHOD_PRESETS), "dpo_preset": ("toy", "reference")})
         if not problems and self.audit_pairs >= self.pairs_per_round:
             problems.append(f"audit_pairs={self.audit_pairs} must be below pairs_per_round={self.pairs_per_round}")
         if not 0 <= self.random_share <= 1:
@@ -110,6 +120,8 @@ class RoundConfig:
                 self.ddpo_config().validate()
             except ValueError as e:
                 problems.append("ddpo: " + str(e).removeprefix("bad DDPO config: "))
+        if not problems and self.method != "ddpo":
+            problems += [f"dpo: {problem}" for problem in self.direct_config().problems()]
         if problems:
             raise ConfigError("bad round config: " + "; ".join(problems))
         return self
@@ -138,6 +150,12 @@ class RoundConfig:
         ddpo = DDPO_PRESETS[self.ddpo_preset].replace(**{"mixed_precision": self.mixed_precision, **self.ddpo, "prompts": prompts})
         return ddpo.replace(seed=ddpo.seed + round_id)
 
+    def direct_config(self, round_id: int = 0) -> DPOConfig:
+        """The Diffusion-DPO or D3PO settings of round ``round_id``: the preset, the ``dpo`` overrides, the precision,
+        and the seed + round_id."""
+        direct = METHOD_PRESETS[self.method][self.dpo_preset].replace(**{"mixed_precision": self.mixed_precision, **self.dpo})
+        return direct.replace(seed=direct.seed + round_id)
+
 
 PRESETS: dict[str, RoundConfig] = {
     "toy": RoundConfig(),
@@ -152,22 +170,29 @@ PRESETS: dict[str, RoundConfig] = {
 }
 
 
+TABLES = {"ddpo": "num_epochs = 30", "dpo": "learning_rate = 1e-4"}
+"""The settings that nest another config's overrides, with an example line of each."""
+
+
 def merge(values: dict[str, Any], file: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
     """``values`` (a config as a dict), then the TOML file's keys, then ``key=value`` overrides
-    (``ddpo.num_epochs=30`` for DDPO settings); DDPO keys from the file and overrides add to ``ddpo``."""
+    (``ddpo.num_epochs=30`` for DDPO settings, ``dpo.beta=2500`` for the direct method's); the keys of the file's
+    ``[ddpo]`` and ``[dpo]`` tables and those overrides add to the tables."""
     values = dict(values)
     if file is not None:
         try:
             loaded = tomllib.loads(Path(file).read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read config file {file}: {e}") from None
-        if not isinstance(loaded.get("ddpo", {}), dict):
-            raise ConfigError(f"{file}: ddpo must be a table ([ddpo] with num_epochs = 30 and so on)")
-        values |= loaded | {"ddpo": {**values.get("ddpo", {}), **loaded.get("ddpo", {})}}
+        for table, example in TABLES.items():
+            if not isinstance(loaded.get(table, {}), dict):
+                raise ConfigError(f"{file}: {table} must be a table ([{table}] with {example} and so on)")
+        values |= loaded | {t: {**values.get(t, {}), **loaded.get(t, {})} for t in TABLES}
     try:
         for key, value in map(parse_override, overrides):
-            if key.startswith("ddpo."):
-                values["ddpo"] = {**values.get("ddpo", {}), key[5:]: value}
+            table, dot, name = key.partition(".")
+            if dot and table in TABLES:
+                values[table] = {**values.get(table, {}), name: value}
             else:
                 values[key] = value
     except SettingError as e:
@@ -187,9 +212,15 @@ def from_dict(values: dict[str, Any]) -> RoundConfig:
     try:
         typed = coerce(RoundConfig, values)
         typed["ddpo"] = coerce(DDPOConfig, typed.get("ddpo", {}), prefix="ddpo.")
+        typed["dpo"] = coerce(direct_class(typed.get("method", "ddpo")), typed.get("dpo", {}), prefix="dpo.")
     except SettingError as e:
         raise ConfigError(f"bad round config: {e}") from None
     return RoundConfig(**typed).validate()
+
+
+def direct_class(method: str) -> type[DPOConfig]:
+    """The settings class of a method's ``dpo`` overrides (D3PO's adds to Diffusion-DPO's)."""
+    return D3POConfig if method == "d3po" else DPOConfig
 
 
 def _toml(value: Any) -> str:
@@ -210,7 +241,7 @@ def _toml(value: Any) -> str:
 def reference() -> str:
     """docs/config.md: every round, DDPO and Diffusion-DPO setting with its type, its default in each preset and its
     docstring."""
-    from rlhf.dpo.config import PRESETS as DPO_PRESETS, DPOConfig
+    from rlhf.dpo.config import D3PO_PRESETS, PRESETS as DPO_PRESETS
     from rlhf.settings import describe, field_docs
 
     def table(cls, columns: dict[str, Any], skip: set[str] = set()) -> list[str]:
@@ -219,7 +250,7 @@ def reference() -> str:
         for name, doc in field_docs(cls).items():
             if name in skip:
                 continue
-            values = " | ".join(f"`{_toml(getattr(c, name))}`" for c in columns.values())
+            values = " | ".join(f"`{_toml(getattr(c, name))}`" if hasattr(c, name) else "-" for c in columns.values())
             lines.append(f"| `{name}` | {describe(hints[name])} | {values} | {doc.replace('|', '/')} |")
         return lines
 
@@ -241,7 +272,7 @@ def reference() -> str:
         "",
         "## Round settings",
         "",
-        *table(RoundConfig, rounds, skip={"ddpo"}),
+        *table(RoundConfig, rounds, skip={"ddpo", "dpo"}),
         "",
         "## DDPO settings",
         "",
@@ -250,11 +281,15 @@ def reference() -> str:
         "",
         *table(DDPOConfig, ddpo, skip={"prompts"}),
         "",
-        "## Diffusion-DPO settings",
+        "## Diffusion-DPO and D3PO settings",
         "",
-        "`python -m rlhf.dpo --pairs FILE` trains on labelled pairs alone, from `--preset` and `--set KEY=VALUE`.",
+        "A round with `method = \"diffusion_dpo\"` or `\"d3po\"` trains with that method's `dpo_preset` plus its `dpo`",
+        "overrides (`--set dpo.KEY=VALUE`, or the TOML file's `[dpo]` table). `python -m rlhf.dpo --pairs FILE` trains on",
+        "labelled pairs alone, from `--method`, `--preset` and `--set KEY=VALUE`. D3PO has the last three settings",
+        "besides Diffusion-DPO's.",
         "",
-        *table(DPOConfig, {f"`rlhf.dpo --preset {name}`": preset for name, preset in DPO_PRESETS.items()}),
+        *table(D3POConfig, {f"Diffusion-DPO `{name}`": preset for name, preset in DPO_PRESETS.items()}
+               | {f"D3PO `{name}`": preset for name, preset in D3PO_PRESETS.items()}),
         "",
     ])
 

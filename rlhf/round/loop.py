@@ -1,4 +1,4 @@
-"""The round state machine: sample -> queue -> label -> reward -> ddpo -> eval -> done, then the next round.
+"""The round state machine: sample -> queue -> label -> reward -> train -> eval -> done, then the next round.
 
 The phase lives in the label store's rounds table, so the app, the trainer and the driver agree on it. Every
 phase is idempotent and writes each result either as one store transaction or as a file renamed into place
@@ -10,8 +10,9 @@ touched, and a half-written reward model or checkpoint is never read.
 Run folder layout (image paths in the store are relative to the run folder's parent, the app's data folder)::
 
     labels.db  rounds.json  report.md  embeddings/  eval/base-*.npy
-    images/round-001/p0003-s3001.png ...
+    images/round-001/p0003-s3001.png ...  (and p0003-s3001.traj.npz, its chain, in a d3po round)
     round-001/reward_model/  round-001/ddpo/checkpoints/epoch-0030/  round-001/eval.json  round-001/report.md
+    (a direct method's checkpoints: round-001/diffusion_dpo/checkpoints/step-000100/, or round-001/d3po/...)
 """
 from __future__ import annotations
 
@@ -34,9 +35,15 @@ from reward_models.embeddings import EmbeddingCache
 from reward_models.ensemble import MODEL_FILE, RewardModel, RewardModelConfig, fit_ensemble, train_reward_model
 from reward_models.evaluate import learning_curve, pair_metrics, reliability_diagram
 from rlhf.ddpo.rewards import Aesthetic, ClipScore, HPSv2
-from rlhf.ddpo.trainer import DDPOTrainer, latest_checkpoint
+from rlhf.ddpo.sampling import sample_trajectories
+from rlhf.ddpo.trainer import DDPOTrainer
+from rlhf.dpo.d3po import D3POTrainer, require_trajectories
+from rlhf.dpo.data import PreferencePair
+from rlhf.dpo.trainer import DiffusionDPOTrainer
+from rlhf.dpo.trajectory import Trajectory, save_trajectory, trajectory_path
 from rlhf.evaluate.images import load_policy
 from rlhf.faults import crashpoint
+from rlhf.lora import latest_checkpoint
 from rlhf.models import load_clip, load_pipeline, precision_dtype
 from rlhf.prompts import load_prompts
 from rlhf.round import evaluate, report
@@ -44,7 +51,7 @@ from rlhf.round.config import ConfigError, RoundConfig, from_dict
 from rlhf.round.labellers import label_coverage, label_round, load_image, parse_labeller
 from rlhf.store import Round, Store
 
-PHASES = ("sample", "queue", "label", "reward", "ddpo", "eval", "done")
+PHASES = ("sample", "queue", "label", "reward", "train", "eval", "done")
 MIN_LABELS = 5
 """Fewer usable labels than this cannot fit, let alone evaluate, a reward model."""
 
@@ -105,9 +112,14 @@ class Loop:
     def round_dir(self, round_id: int) -> Path:
         return self.run_dir / f"round-{round_id:03d}"
 
+    def train_dir(self, round_id: int) -> Path:
+        """Where round ``round_id``'s training runs: ``round-NNN/<method>``."""
+        record = next(r for r in self.rounds() if r.id == round_id)
+        return self.round_dir(round_id) / record.config.get("method", "ddpo")
+
     def policy_checkpoint(self, round_id: int) -> Path | None:
-        """The DDPO checkpoint that round ``round_id`` ended with (None for round 0, the base model)."""
-        return latest_checkpoint(self.round_dir(round_id) / "ddpo") if round_id > 0 else None
+        """The checkpoint that round ``round_id`` ended with (None for round 0, the base model)."""
+        return latest_checkpoint(self.train_dir(round_id)) if round_id > 0 else None
 
     def rounds(self) -> list[Round]:
         return self.store.rounds()
@@ -130,7 +142,7 @@ class Loop:
         if not fresh and current.phase != "label":  # a missing model fails here, before the phase: still resumable
             cfg.check_models()
         outcome = Outcome(current.id, current.phase, "")
-        if current.phase == "ddpo" or self.state.is_main_process:  # DDPO runs on every process, the rest on one
+        if current.phase == "train" or self.state.is_main_process:  # training runs on every process, the rest on one
             message = getattr(self, f"_{current.phase}")(current.id, cfg)
             outcome = Outcome(current.id, current.phase, message or "", waiting=message is None)
         self.state.wait_for_everyone()
@@ -204,7 +216,10 @@ class Loop:
 
     # ----------------------------------------------------------------- phases
     def _sample(self, round_id: int, cfg: RoundConfig) -> str:
-        """Draw images_per_prompt images of every prompt with the previous round's policy."""
+        """Draw images_per_prompt images of every prompt with the previous round's policy; a d3po round keeps each
+        image's trajectory beside it, written before the image is recorded."""
+        from tqdm.auto import tqdm
+
         prompts = [p.text for p in load_prompts(cfg.prompts)]
         recorded = {(im.prompt, im.seed) for im in self.store.images(round_id)}
         jobs = [(i, p, image_seed(i, k)) for i, p in enumerate(prompts) for k in range(cfg.images_per_prompt)
@@ -212,16 +227,21 @@ class Loop:
         folder = self.run_dir / "images" / f"round-{round_id:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         model_id = "base" if round_id == 1 else f"round-{round_id - 1}"
-        batch = 64
-        from tqdm.auto import tqdm
-
+        sampler, pipe = cfg.ddpo_config(), self.policy(round_id - 1, cfg)
+        batch = 32
         for start in tqdm(range(0, len(jobs), batch), desc=f"round {round_id}: sampling", unit="batch"):
             chunk = jobs[start:start + batch]
-            images = self.draw(round_id - 1, cfg, [p for _, p, _ in chunk], [s for _, _, s in chunk])
-            for (i, prompt, seed), image in zip(chunk, images):
+            gens = [torch.Generator(pipe.vae.device).manual_seed(seed) for _, _, seed in chunk]
+            traj = sample_trajectories(pipe, pipe.unet, [p for _, p, _ in chunk], num_steps=sampler.num_steps,
+                                       eta=sampler.eta, guidance_scale=sampler.guidance_scale, generator=gens)
+            for row, ((i, prompt, seed), image) in enumerate(zip(chunk, traj.images)):
                 buffer = io.BytesIO()
                 Image.fromarray(image).save(buffer, format="PNG")
                 path = folder / f"p{i:04d}-s{seed}.png"
+                if cfg.method == "d3po":
+                    save_trajectory(trajectory_path(path), Trajectory(
+                        traj.latents[row].float().cpu().numpy(), traj.log_probs[row].float().cpu().numpy(),
+                        traj.timesteps.cpu().numpy(), sampler.eta, sampler.guidance_scale))
                 write_atomic(path, buffer.getvalue())
                 crashpoint("sample")
                 self.store.add_image(path.relative_to(self.data_root), prompt, round_id, seed, model_id,
@@ -325,15 +345,55 @@ class Loop:
         return (f"reward model on {len(train)} labels: held-out accuracy {held_out['accuracy']:.3f}"
                 + (f", audit accuracy {audit_acc:.3f} on {len(held)} pairs" if audit_acc is not None else ""))
 
+    def _train(self, round_id: int, cfg: RoundConfig) -> str:
+        """Fine-tune the previous policy by the round's method; resumes from the method's last checkpoint."""
+        return self._ddpo(round_id, cfg) if cfg.method == "ddpo" else self._direct(round_id, cfg)
+
+    def direct_pairs(self, round_id: int, cfg: RoundConfig) -> list[PreferencePair]:
+        """The labelled pairs a direct method trains on: those with a winner, less the audit pairs (as for the reward
+        model); Diffusion-DPO takes every round's so far, D3PO this round's own (sampled by its reference)."""
+        audit = {p.id for p in self.store.pairs() if p.selection == "audit"}
+        rounds = {round_id} if cfg.method == "d3po" else set(range(1, round_id + 1))
+        return [PreferencePair(p.prompt, self.data_root / p.winner_path, self.data_root / p.loser_path)
+                for p in self.store.preferences() if p.round_id in rounds and not p.tie and p.pair_id not in audit]
+
+    def _direct(self, round_id: int, cfg: RoundConfig) -> str:
+        direct = cfg.direct_config(round_id)
+        if direct.save_every == 0:
+            direct = direct.replace(save_every=max(1, direct.max_train_steps // 4))  # a crash costs at most a quarter
+        pairs = self.direct_pairs(round_id, cfg)
+        if not pairs:
+            raise RoundError(f"round {round_id}: no labelled pair with a winner (outside the audit pairs) to train "
+                             f"{cfg.method} on; label pairs left or right in the app, then run again")
+        if cfg.method == "d3po":
+            try:
+                pairs = require_trajectories(pairs)
+            except ValueError as e:
+                raise RoundError(f"round {round_id}: {e}") from None
+        run = self.train_dir(round_id)
+        trainer_class = D3POTrainer if cfg.method == "d3po" else DiffusionDPOTrainer
+        trainer = trainer_class(load_pipeline(cfg.pipeline, device=self.state.device), direct, run)
+        resume, previous = latest_checkpoint(run), self.policy_checkpoint(round_id - 1)
+        if resume is not None:
+            trainer.load_checkpoint(resume)
+        elif previous is not None:
+            trainer.load_policy(previous)
+        history = trainer.train(pairs, direct.max_train_steps - trainer.step)
+        if trainer.saved_step != trainer.step:
+            trainer.save_checkpoint()
+        last = f", last step's implicit accuracy {history[-1]['dpo/implicit_acc']:.2f}" if history else ""
+        return (f"{cfg.method} {direct.max_train_steps} steps on {len(pairs)} pairs{last}"
+                + (f" (resumed at step {int(resume.name[5:])})" if resume else ""))
+
     def _ddpo(self, round_id: int, cfg: RoundConfig) -> str:
-        """Fine-tune the previous policy against this round's reward model; resumes from the last checkpoint."""
+        """Fine-tune the previous policy against this round's reward model."""
         ddpo = cfg.ddpo_config(round_id)
         if ddpo.save_every == 0:
             ddpo = ddpo.replace(save_every=max(1, ddpo.num_epochs // 4))  # a crash costs at most a quarter
         labeller = parse_labeller(cfg.labeller)
         reward = JudgedReward(self.reward_model(round_id, cfg), labeller.persona.taste if labeller else None)
         pipe = load_pipeline(cfg.pipeline, device=self.state.device)
-        run = self.round_dir(round_id) / "ddpo"
+        run = self.train_dir(round_id)
         trainer = DDPOTrainer(pipe, reward, ddpo, run)
         resume, previous = latest_checkpoint(run), self.policy_checkpoint(round_id - 1)
         if resume is not None:

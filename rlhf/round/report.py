@@ -27,15 +27,21 @@ SUMMARY_COLUMNS = {  # column title: (eval set, metric)
 }
 
 
-def epoch_curves(metrics_file: Path) -> dict[str, list[float]]:
-    """Per-epoch DDPO figures; an epoch re-run after a crash counts once, with its last record."""
-    by_epoch: dict[int, dict] = {}
+CURVES = {"ddpo": ("epoch", ("reward/mean", "judge/hidden")), "direct": ("step", ("dpo/loss", "dpo/implicit_acc"))}
+"""What a training run's metrics.jsonl is indexed by, and the figures kept of it, for DDPO and the direct methods."""
+
+
+def training_curves(metrics_file: Path, method: str) -> dict[str, list[float]]:
+    """Per-epoch (DDPO) or per-step (direct methods) figures; one re-run after a crash counts once, with its last
+    record."""
+    index, keys = CURVES["ddpo" if method == "ddpo" else "direct"]
+    by_index: dict[int, dict] = {}
     if metrics_file.is_file():
         for line in metrics_file.read_text().splitlines():
             record = json.loads(line)
-            by_epoch[record["epoch"]] = record
-    epochs = [by_epoch[e] for e in sorted(by_epoch)]
-    return {key: [r[key] for r in epochs] for key in ("reward/mean", "judge/hidden") if epochs and key in epochs[0]}
+            by_index[record[index]] = record
+    records = [by_index[i] for i in sorted(by_index)]
+    return {key: [r[key] for r in records] for key in keys if records and key in records[0]}
 
 
 def _fmt(value) -> str:
@@ -49,12 +55,13 @@ def round_record(loop: Loop, round_id: int) -> dict | None:
         return None
     result = json.loads((folder / "eval.json").read_text())
     card = json.loads((folder / "reward_model" / MODEL_FILE).read_text())
-    record = {"round": round_id, "rm/labels": card["labels"], "rm/accuracy": card["held_out"]["accuracy"],
+    method = next(r.config for r in loop.rounds() if r.id == round_id).get("method", "ddpo")
+    record = {"round": round_id, "method": method, "rm/labels": card["labels"], "rm/accuracy": card["held_out"]["accuracy"],
               "rm/accuracy_with_ties": card["held_out"]["accuracy_with_ties"], "rm/ece": card["held_out"]["ece"]}
     if "audit" in card:
         record |= {"rm/audit_accuracy": card["audit"]["accuracy"], "rm/audit_pairs": card["audit"]["pairs"]}
     record["rm/learning_curve"] = card.get("learning_curve", [])
-    record |= epoch_curves(folder / "ddpo" / "metrics.jsonl")
+    record |= training_curves(loop.train_dir(round_id) / "metrics.jsonl", method)
     for title, (eval_set, metric) in SUMMARY_COLUMNS.items():
         for model in ("base", "policy"):
             value = result[model][eval_set].get(metric)
@@ -91,7 +98,11 @@ def write_round(loop: Loop, round_id: int, record: dict) -> Path:
             f"{p['labels']:.0f} labels {p['accuracy']:.3f}" for p in record["rm/learning_curve"]) + ".", ""]
     if (folder / "reward_model" / "reliability.png").is_file():
         lines += ["![reliability on audit pairs](reward_model/reliability.png)", ""]
-    curve = record.get("reward/mean", [])
+    curve, loss = record.get("reward/mean", []), record.get("dpo/loss", [])
+    if loss:
+        accuracy = record["dpo/implicit_acc"]
+        lines += [f"{record['method']}: {len(loss)} steps on the labelled pairs (the reward model is not used), loss "
+                  f"{loss[0]:.4f} -> {loss[-1]:.4f}, implicit accuracy {accuracy[0]:.2f} -> {accuracy[-1]:.2f}.", ""]
     if curve:
         lines += [f"DDPO: {len(curve)} epochs, batch learned reward {curve[0]:+.3f} -> {curve[-1]:+.3f}"
                   + (f", batch hidden score {record['judge/hidden'][0]:.4f} -> {record['judge/hidden'][-1]:.4f}" if "judge/hidden" in record else ""), ""]
@@ -114,19 +125,20 @@ def write(loop: Loop) -> Path:
     if records:
         _charts(loop, records)
     lines = ["# RLHF rounds", "", "Round 0 is the base model; every figure is on fixed seeds never used for training.", "",
-             "| round | labels | RM accuracy | audit accuracy | " + " | ".join(SUMMARY_COLUMNS) + " |",
-             "|---" * (4 + len(SUMMARY_COLUMNS)) + "|"]
+             "| round | method | labels | RM accuracy | audit accuracy | " + " | ".join(SUMMARY_COLUMNS) + " |",
+             "|---" * (5 + len(SUMMARY_COLUMNS)) + "|"]
     if records:
         base = [records[0].get(f"judge/base/{s}/{m}") for s, m in SUMMARY_COLUMNS.values()]
-        lines.append("| 0 (base) | – | – | – | " + " | ".join(_fmt(v) for v in base) + " |")
+        lines.append("| 0 (base) | – | – | – | – | " + " | ".join(_fmt(v) for v in base) + " |")
     for r in records:
         cells = [r.get(f"judge/policy/{s}/{m}") for s, m in SUMMARY_COLUMNS.values()]
-        lines.append(f"| [{r['round']}](round-{r['round']:03d}/report.md) | {r['rm/labels']} | {r['rm/accuracy']:.3f} | "
+        lines.append(f"| [{r['round']}](round-{r['round']:03d}/report.md) | {r['method']} | {r['rm/labels']} | {r['rm/accuracy']:.3f} | "
                      f"{_fmt(r.get('rm/audit_accuracy'))} | " + " | ".join(_fmt(v) for v in cells) + " |")
     lines += ["", "The learned reward of each round is judged by that round's reward model, so it is comparable "
               "within a round (base vs policy), not across rounds.", "",
-              "![scores per round](scores.png)", "", "![DDPO learned reward](ddpo_learned.png)",
-              "![DDPO hidden score](ddpo_hidden.png)", ""]
+              "![scores per round](scores.png)", ""]
+    if any(r.get("reward/mean") for r in records):
+        lines += ["![DDPO learned reward](ddpo_learned.png)", "![DDPO hidden score](ddpo_hidden.png)", ""]
     path = loop.run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -147,11 +159,15 @@ def _charts(loop: Loop, records: list[dict]) -> None:
     learned, hidden, offset = {}, {}, 0
     for r in records:
         curve = r.get("reward/mean", [])
+        if not curve:
+            continue
         epochs = list(range(offset + 1, offset + len(curve) + 1))
         learned[f"round {r['round']}"] = (epochs, curve)
         if "judge/hidden" in r:
             hidden[f"round {r['round']}"] = (epochs, r["judge/hidden"])
         offset += len(curve)
+    if not learned:
+        return
     line_chart(learned, loop.run_dir / "ddpo_learned.png", title="DDPO: learned reward of each epoch's samples",
                xlabel="epoch (all rounds)", ylabel="ensemble mean - lambda * std", integer_x=True)
     if hidden:
