@@ -6,5 +6,6 @@ DATA = ROOT / "data"
 MODELS = DATA / "models"
 TOY_PIPELINE = MODELS / "toy-sd"
 TOY_CLIP = MODELS / "toy-clip"
+TOY_LCM = MODELS / "toy-lcm"
 PROMPTS = DATA / "prompts"
 RUNS = DATA / "runs"  # git-ignored: databases, images, checkpoints
