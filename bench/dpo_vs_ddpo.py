@@ -1,5 +1,14 @@
 """Diffusion-DPO against DDPO on the shipped toy pipeline (data/models/toy-sd), CPU, fp32.
 
+``methods``: DDPO against the reward model, Diffusion-DPO and D3PO, each driving ``--rounds`` toy rounds
+(``python -m rlhf.round``'s ``toy`` preset: 128 images and 400 queued pairs per round, labeller
+``synthetic:striped``) from the same base, for ``--seeds`` runs each (seed s sets the round, DDPO and DPO seeds).
+Every method gets the same label budget per round; the labels themselves differ from round 2 on, since each
+method's policy draws its own images. Per method: the hidden score on the training prompts' held-out seeds per
+round (base first, mean over runs), its paired change over the base with the standard error over all runs'
+images, prompt following on the eval prompts, the learned reward's gain minus the hidden score's gain, and wall
+minutes per round on 2 cores.
+
 ``step``: the cost of one Diffusion-DPO optimizer step of ``rlhf.dpo.trainer.DiffusionDPOTrainer`` (toy preset:
 8 pairs a step, LoRA r4, lr 1e-3, beta 5000, fp32; checkpoints off) on a fixed batch of pairs drawn by the toy
 pipeline itself (8 toy training prompts, two seeds each, stochastic DDIM 10 steps, CFG 5), timed around
@@ -37,7 +46,10 @@ nice 10, as bench/ddpo_vs_trl.py's do.
     bash bench/dpo_peer_env.sh                                     # once: bench/.venv-dpo with datasets
     HF_HUB_OFFLINE=1 .venv/bin/python bench/dpo_vs_ddpo.py step    # about 3 min on 2 cores
 
-Writes (merges into) bench/results/dpo_vs_ddpo.json: ``dpo_step_vs_bare``, ``dpo_step_vs_diffusers`` and ``step``.
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/dpo_vs_ddpo.py methods # about 40 min on 2 cores
+
+Writes (merges into) bench/results/dpo_vs_ddpo.json: ``dpo_step_vs_bare``, ``dpo_step_vs_diffusers`` and ``step``;
+``methods`` and ``methods_setup``.
 """
 from __future__ import annotations
 
@@ -395,6 +407,66 @@ def step(args) -> None:
     log(f"wrote {OUT}")
 
 
+def methods(args) -> None:
+    """DDPO + reward model, Diffusion-DPO and D3PO from the same base, labeller and label budget, over rounds."""
+    import numpy as np
+
+    from rlhf.round import evaluate
+    from rlhf.round.config import load_config
+    from rlhf.round.loop import Loop
+
+    start, results = time.perf_counter(), {}
+    for method in args.methods.split(","):
+        runs = []
+        for seed in range(args.seeds):
+            run_dir = Path(tempfile.mkdtemp(prefix=f"dpo-vs-ddpo-{method}-")) / "runs"
+            overrides = [f"labeller=synthetic:{args.taste}", f"method={method}", f"seed={seed}", f"ddpo.seed={seed}",
+                         f"dpo.seed={seed}"]
+            loop = Loop(run_dir, load_config("toy", overrides=overrides))
+            minutes = []
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                loop.run(len(minutes) + 1)
+                minutes.append((time.perf_counter() - t0) / 60)
+            taste = evaluate.TASTES[args.taste]
+            cfg = loop.stored_config(loop.rounds()[0])
+            train_set, eval_set = loop.eval_sets(cfg)
+            prompts = train_set.jobs()[0]
+            scores = [taste.score(list(np.load(run_dir / "eval" / "base-train_prompts.npy")), prompts)]
+            scores += [taste.score(list(np.load(loop.round_dir(r) / "eval-train_prompts.npy")), prompts)
+                       for r in range(1, args.rounds + 1)]
+            evals = [json.loads((loop.round_dir(r) / "eval.json").read_text()) for r in range(1, args.rounds + 1)]
+            runs.append({"seed": seed, "scores": scores, "minutes": minutes, "evals": evals,
+                         "labels": [len(loop.direct_pairs(r, cfg)) if method != "ddpo" else None
+                                    for r in range(1, args.rounds + 1)]})
+        mean_scores = [float(np.mean([run["scores"][r].mean() for run in runs])) for r in range(args.rounds + 1)]
+        changes = [evaluate.paired_change(np.concatenate([run["scores"][r] for run in runs]),
+                                          np.concatenate([run["scores"][0] for run in runs])) for r in range(1, args.rounds + 1)]
+        results[method] = {
+            "hidden_score": [round(v, 4) for v in mean_scores],
+            "hidden_gain_over_base": changes,
+            "hidden_score_per_seed": [[round(float(s.mean()), 4) for s in run["scores"]] for run in runs],
+            "minutes": [round(float(np.mean([run["minutes"][r] for run in runs])), 2) for r in range(args.rounds)],
+            "prompt_following": [round(float(np.mean([runs[0]["evals"][0]["base"]["eval_prompts"]["prompt_following"]])), 4)]
+                                + [round(float(np.mean([run["evals"][r]["policy"]["eval_prompts"]["prompt_following"]
+                                                        for run in runs])), 4) for r in range(args.rounds)],
+            "learned_minus_hidden_gain": [round(float(np.mean([
+                (run["evals"][r]["policy"]["train_prompts"]["learned_reward"] - run["evals"][r]["base"]["train_prompts"]["learned_reward"])
+                - (run["evals"][r]["policy"]["train_prompts"]["hidden_score"] - run["evals"][r]["base"]["train_prompts"]["hidden_score"])
+                for run in runs])), 4) for r in range(args.rounds)],
+            "pairs_trained_on": runs[0]["labels"],
+        }
+        print(method, json.dumps(results[method]), flush=True)
+    result = {"methods": results, "methods_setup": {
+        "taste": args.taste, "rounds": args.rounds, "seeds": args.seeds, "preset": "toy",
+        "labels_per_round": "400 pairs queued (32 audit) per round, the same budget for every method",
+        "eval": "hidden score: 16 toy_train prompts x 16 held-out seeds; prompt following: 32 toy_eval prompts x 4 seeds",
+        "benchmark_wall_s": round(time.perf_counter() - start, 1)}}
+    previous = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    OUT.write_text(json.dumps(previous | result, indent=2) + "\n")
+    log(f"wrote {OUT}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -403,6 +475,12 @@ def main() -> None:
     s.add_argument("--repeats", type=int, default=30, help="timed cycles (one step of each side per cycle)")
     s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     s.set_defaults(run=step)
+    m = sub.add_parser("methods", help="DDPO + reward model vs Diffusion-DPO vs D3PO over toy rounds")
+    m.add_argument("--methods", default="ddpo,diffusion_dpo,d3po", help="comma-separated, e.g. --methods d3po")
+    m.add_argument("--rounds", type=int, default=3)
+    m.add_argument("--seeds", type=int, default=2, help="runs per method, each with its own seed of everything random")
+    m.add_argument("--taste", default="striped", help="the synthetic labeller's hidden taste")
+    m.set_defaults(run=methods)
     w = sub.add_parser("worker")
     w.add_argument("job")
     args = parser.parse_args()

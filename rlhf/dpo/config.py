@@ -98,12 +98,12 @@ METHOD_NAMES = {DPOConfig: "Diffusion-DPO", D3POConfig: "D3PO"}
 
 PRESETS: dict[str, DPOConfig] = {
     "reference": DPOConfig(),
-    "toy": DPOConfig(learning_rate=1e-3, train_batch_size=8, gradient_accumulation_steps=1, max_train_steps=100,
+    "toy": DPOConfig(learning_rate=3e-3, train_batch_size=8, gradient_accumulation_steps=1, max_train_steps=100,
                      lora_rank=4, mixed_precision="no", save_every=25),
 }
 D3PO_PRESETS: dict[str, D3POConfig] = {
     "reference": D3POConfig(),
-    "toy": D3POConfig(learning_rate=1e-3, train_batch_size=8, max_train_steps=100, lora_rank=4, timestep_fraction=0.5,
+    "toy": D3POConfig(learning_rate=1e-2, train_batch_size=8, max_train_steps=100, lora_rank=4, timestep_fraction=0.5,
                       mixed_precision="no", save_every=25),
 }
 METHOD_PRESETS = {"diffusion_dpo": PRESETS, "d3po": D3PO_PRESETS}
