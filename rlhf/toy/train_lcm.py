@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,20 +224,27 @@ def train_lcm(out_dir: Path, cfg: LCMTrainConfig = LCMTrainConfig(), teacher_dir
 
 
 def quality(lcm_dir: Path = TOY_LCM, sd_dir: Path = TOY_PIPELINE, lcm_steps: int = 4, guidance: float = 5.0) -> dict:
-    """``rlhf.toy.quality``'s prompt following and placement for the LCM, the toy SD at its usual 20 DDIM steps,
-    and the toy SD cut to the LCM's step count, each with the seconds its sampling took."""
+    """``rlhf.toy.quality``'s prompt following and placement for the LCM; the undistilled student (the teacher's
+    UNet in the LCM sampler, guidance projection zero), which tells what the distillation itself adds; the toy SD
+    at its usual 20 DDIM steps and cut to the LCM's step count. Each with the seconds its sampling took."""
     from rlhf.models import load_pipeline
     from rlhf.toy.quality import pipeline_quality, position_response
 
-    runs = {"lcm": (lcm_dir, lcm_steps), "sd": (sd_dir, 20), f"sd_{lcm_steps}_steps": (sd_dir, lcm_steps)}
+    teacher = load_teacher(sd_dir)
+    cfg = LCMTrainConfig(guidance_dim=json.loads((lcm_dir / "unet" / "config.json").read_text())["time_cond_proj_dim"])
     result = {}
-    for name, (folder, steps) in runs.items():
-        pipe = load_pipeline(folder)
-        t0 = time.time()
-        figures, _, _ = pipeline_quality(pipe, steps=steps, guidance=guidance)
-        seconds = time.time() - t0
-        result[name] = figures | {"sampling_seconds": round(seconds, 1),
-                                    "position_response": position_response(pipe, steps=steps, guidance=guidance)}
+    with tempfile.TemporaryDirectory() as undistilled:
+        save_lcm(Path(undistilled), student_from_teacher(teacher["unet"], cfg.guidance_dim), sd_dir, cfg,
+                 teacher["prediction_type"])
+        runs = {"lcm": (lcm_dir, lcm_steps), "undistilled": (Path(undistilled), lcm_steps), "sd": (sd_dir, 20),
+                f"sd_{lcm_steps}_steps": (sd_dir, lcm_steps)}
+        for name, (folder, steps) in runs.items():
+            pipe = load_pipeline(folder)
+            t0 = time.time()
+            figures, _, _ = pipeline_quality(pipe, steps=steps, guidance=guidance)
+            seconds = time.time() - t0
+            result[name] = figures | {"sampling_seconds": round(seconds, 1),
+                                      "position_response": position_response(pipe, steps=steps, guidance=guidance)}
     return result
 
 
@@ -257,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(result, indent=2))
     keys = list(result["lcm"]["following"])
     print(f"{'':<16}" + "".join(f"{k:>11}" for k in keys) + f"{'seconds':>9}")
-    for name in ("lcm", "sd", f"sd_{args.steps}_steps"):
+    for name in ("lcm", "undistilled", "sd", f"sd_{args.steps}_steps"):
         r = result[name]
         print(f"{name:<16}" + "".join(f"{r['following'][k]:>11.1%}" for k in keys) + f"{r['sampling_seconds']:>9}")
     print(f"figures: {args.out}")
