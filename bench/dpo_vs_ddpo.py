@@ -456,15 +456,17 @@ def methods(args) -> None:
                 for run in runs])), 4) for r in range(args.rounds)],
             "pairs_trained_on": runs[0]["labels"],
         }
+        results[method]["seeds"] = args.seeds
         print(method, json.dumps(results[method]), flush=True)
-    result = {"methods": results, "methods_setup": {
-        "taste": args.taste, "rounds": args.rounds, "seeds": args.seeds, "preset": "toy",
-        "labels_per_round": "400 pairs queued (32 audit) per round, the same budget for every method",
-        "eval": "hidden score: 16 toy_train prompts x 16 held-out seeds; prompt following: 32 toy_eval prompts x 4 seeds",
-        "benchmark_wall_s": round(time.perf_counter() - start, 1)}}
-    previous = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    OUT.write_text(json.dumps(previous | result, indent=2) + "\n")
-    log(f"wrote {OUT}")
+        previous = json.loads(OUT.read_text()) if OUT.is_file() else {}  # each method as it ends; others' are kept
+        previous["methods"] = previous.get("methods", {}) | {method: results[method]}
+        previous["methods_setup"] = {
+            "taste": args.taste, "rounds": args.rounds, "preset": "toy",
+            "labels_per_round": "400 pairs queued (32 audit) per round, the same budget for every method",
+            "eval": "hidden score: 16 toy_train prompts x 16 held-out seeds; prompt following: 32 toy_eval prompts x 4 seeds",
+            "machine": "2 cores shared with a full test run: the minutes are upper bounds"}
+        OUT.write_text(json.dumps(previous, indent=2) + "\n")
+        log(f"wrote {method} into {OUT} ({(time.perf_counter() - start) / 60:.1f} min so far)")
 
 
 def main() -> None:
