@@ -466,7 +466,7 @@ def methods(args) -> None:
             "eval": "hidden score: 16 toy_train prompts x 16 held-out seeds; prompt following: 32 toy_eval prompts x 4 seeds",
             "machine": "2 cores shared with a full test run: the minutes are upper bounds"}
         OUT.write_text(json.dumps(previous, indent=2) + "\n")
-        log(f"wrote {method} into {OUT} ({(time.perf_counter() - start) / 60:.1f} min so far)")
+        print(f"wrote {method} into {OUT} ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
 
 
 def main() -> None:
