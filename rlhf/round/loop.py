@@ -112,10 +112,13 @@ class Loop:
     def round_dir(self, round_id: int) -> Path:
         return self.run_dir / f"round-{round_id:03d}"
 
+    def round_method(self, round_id: int) -> str:
+        """The method round ``round_id`` trains with, as stored when it started."""
+        return next(r for r in self.rounds() if r.id == round_id).config.get("method", "ddpo")
+
     def train_dir(self, round_id: int) -> Path:
         """Where round ``round_id``'s training runs: ``round-NNN/<method>``."""
-        record = next(r for r in self.rounds() if r.id == round_id)
-        return self.round_dir(round_id) / record.config.get("method", "ddpo")
+        return self.round_dir(round_id) / self.round_method(round_id)
 
     def policy_checkpoint(self, round_id: int) -> Path | None:
         """The checkpoint that round ``round_id`` ended with (None for round 0, the base model)."""

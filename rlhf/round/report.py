@@ -55,7 +55,7 @@ def round_record(loop: Loop, round_id: int) -> dict | None:
         return None
     result = json.loads((folder / "eval.json").read_text())
     card = json.loads((folder / "reward_model" / MODEL_FILE).read_text())
-    method = next(r.config for r in loop.rounds() if r.id == round_id).get("method", "ddpo")
+    method = loop.round_method(round_id)
     record = {"round": round_id, "method": method, "rm/labels": card["labels"], "rm/accuracy": card["held_out"]["accuracy"],
               "rm/accuracy_with_ties": card["held_out"]["accuracy_with_ties"], "rm/ece": card["held_out"]["ece"]}
     if "audit" in card:
