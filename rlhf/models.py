@@ -9,6 +9,7 @@ tiny Stable Diffusion exactly as ``load_pipeline("stable-diffusion-v1-5/stable-d
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,23 @@ def resolve_folder(source: str | Path, marker: str, what: str, hint: str = "") -
     return match["repo"], match["revision"]
 
 
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+                     "LatentConsistencyModelPipeline": "lcm"}
+"""The pipeline classes the engine drives (`rlhf.adapters`), and their family names"""
+
+
 def resolve_pipeline(source: str | Path) -> tuple[str, str | None]:
+    """(folder or repo id, revision) of a pipeline of a supported class, read from its ``model_index.json``."""
     toy = "run `python -m rlhf.toy.train pipeline` to rebuild the toy pipeline" if Path(source) == TOY_PIPELINE else ""
-    return resolve_folder(source, PIPELINE_MARKER, "pipeline", toy)
+    repo, revision = resolve_folder(source, PIPELINE_MARKER, "pipeline", toy)
+    index = Path(repo) / PIPELINE_MARKER if Path(repo).is_dir() else hub_file(repo, PIPELINE_MARKER, revision, "pipeline")
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"cannot read {index}: {e}") from None
+    if name not in PIPELINE_FAMILIES:
+        raise ModelLoadError(f"{source} is a {name}, not a supported pipeline; supported: {', '.join(PIPELINE_FAMILIES)}")
+    return repo, revision
 
 
 def resolve_file(spec: str | Path, what: str) -> Path:

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rlhf.ddpo.logprob import ddim_step
-from rlhf.ddpo.sampling import decode, encode_prompts, guided_noise, make_scheduler
+from rlhf.adapters import PipelineAdapter
 from rlhf.dpo.__main__ import main
 from rlhf.dpo.config import D3PO_PRESETS
 from rlhf.dpo.d3po import D3POTrainer, require_trajectories
@@ -70,14 +69,15 @@ def test_a_stored_trajectory_reproduces_its_image_and_its_log_probs(d3po_round):
     path = loop.data_root / image.path
     traj = load_trajectory(trajectory_path(path))
     assert traj.latents.shape[0] == sampler.num_steps + 1 and (traj.eta, traj.guidance_scale) == (sampler.eta, sampler.guidance_scale)
+    adapter = PipelineAdapter(pipe)
     with torch.no_grad():
-        pixels = decode(pipe, torch.from_numpy(traj.latents[-1:]))[0]
+        pixels = adapter.decode(torch.from_numpy(traj.latents[-1:]))[0]
         np.testing.assert_array_equal(pixels, np.asarray(Image.open(path).convert("RGB")))  # the image exactly
-        scheduler = make_scheduler(pipe, sampler.num_steps)
-        embeds, negative = encode_prompts(pipe, [image.prompt], "cpu")
+        scheduler = adapter.scheduler(sampler.num_steps)
+        cond = adapter.encode([image.prompt], "cpu")
         x = torch.from_numpy(traj.latents)  # (T+1, C, h, w)
-        replayed = [float(ddim_step(scheduler, guided_noise(pipe.unet, x[j:j + 1], t, embeds, negative, traj.guidance_scale),
-                                    t, x[j:j + 1], traj.eta, prev_sample=x[j + 1:j + 2]).log_prob)
+        replayed = [float(adapter.step(scheduler, adapter.predict(pipe.unet, x[j:j + 1], t, cond, traj.guidance_scale),
+                                       t, x[j:j + 1], traj.eta, prev_sample=x[j + 1:j + 2]).log_prob)
                     for j, t in enumerate(scheduler.timesteps)]
     np.testing.assert_allclose(replayed, traj.log_probs, rtol=0, atol=1e-5)
 

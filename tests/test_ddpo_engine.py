@@ -8,8 +8,7 @@ from diffusers import StableDiffusionPipeline
 
 from rlhf.ddpo.config import PRESETS
 from rlhf.ddpo.rewards import NonFiniteReward, TasteReward
-from rlhf.ddpo.logprob import ddim_step
-from rlhf.ddpo.sampling import decode, guided_noise, sample_trajectories
+from rlhf.ddpo.sampling import sample_trajectories
 from rlhf.ddpo.trainer import CheckpointError, DDPOTrainer
 from rlhf.lora import latest_checkpoint
 from rlhf.models import load_pipeline
@@ -45,9 +44,9 @@ def test_x0_values_score_the_prediction_made_from_each_steps_input(tmp_path):
     with torch.no_grad():
         for j, t in enumerate(traj.timesteps):
             x = traj.latents[:, j]
-            eps = guided_noise(trainer.unet, x, t, traj.prompt_embeds, traj.negative_embeds, trainer.cfg.guidance_scale)
-            step = ddim_step(trainer.scheduler, eps, t, x, 1.0, prev_sample=traj.latents[:, j + 1])
-            np.testing.assert_allclose(values[:, j], reward(decode(trainer.pipe, step.x0_pred), traj.prompts, [])[0], atol=1e-6)
+            out = trainer.adapter.predict(trainer.unet, x, t, traj.cond, trainer.cfg.guidance_scale)
+            step = trainer.adapter.step(trainer.scheduler, out, t, x, 1.0, prev_sample=traj.latents[:, j + 1])
+            np.testing.assert_allclose(values[:, j], reward(trainer.adapter.decode(step.x0_pred), traj.prompts, [])[0], atol=1e-6)
     adv, info = trainer.advantages(traj.prompts, rewards, values)
     assert adv.shape == (len(traj), 3) and 0 <= info["baseline/variance_removed"] <= 1
 

@@ -21,10 +21,11 @@ from accelerate.utils import set_seed
 
 from rlhf.ddpo.advantages import PerPromptStatTracker, StateBaselineFit, clip_advantages, state_baseline
 from rlhf.ddpo.config import DDPOConfig
-from rlhf.ddpo.logprob import ddim_step, gaussian_kl
+from rlhf.adapters import PipelineAdapter
+from rlhf.ddpo.logprob import gaussian_kl
 from rlhf.ddpo.loss import policy_loss, score_function_loss
 from rlhf.ddpo.rewards import Reward, check_finite
-from rlhf.ddpo.sampling import Trajectories, guided_noise, make_scheduler, sample_trajectories
+from rlhf.ddpo.sampling import Trajectories, sample_trajectories
 from rlhf.faults import crashpoint
 from rlhf.grid import image_grid
 from rlhf.lora import (CheckpointError, atomic_folder, base_fingerprint, load_trained,
@@ -48,7 +49,9 @@ class DDPOTrainer:
         self._prepare_models()
         self.stats = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.baseline_fit = StateBaselineFit(cfg.x0_baseline_history) if cfg.x0_baseline_history else None
-        self.scheduler = make_scheduler(pipe, cfg.num_steps)
+        self.adapter = PipelineAdapter(self.pipe)
+        self.scheduler = self.adapter.scheduler(cfg.num_steps)
+        self.policy_steps = self.adapter.policy_steps(cfg.num_steps)  # actions per trajectory: T, or T - 1 for LCM
         self.epoch = 0
         self.saved_epoch: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1)
@@ -76,7 +79,7 @@ class DDPOTrainer:
 
     def sample(self) -> tuple[Trajectories, np.ndarray, np.ndarray | None, dict]:
         """Sample the epoch's trajectories and score them (rewards (N,), and with ``x0_baseline`` the rewards of
-        every step's predicted x_0 (N, T)); each batch is scored in a worker thread while the next one samples."""
+        every stochastic step's predicted x_0 (N, P)); each batch is scored in a worker thread while the next one samples."""
         cfg = self.cfg
         self.unet.eval()
         batches, futures, x0_futures, x0_prompts = [], [], [], []
@@ -86,7 +89,7 @@ class DDPOTrainer:
                                        guidance_scale=cfg.guidance_scale, generator=self.generator, decode_x0=cfg.x0_baseline)
             futures.append(self._executor.submit(self.reward, traj.images, prompts, [{"epoch": self.epoch}] * len(prompts)))
             if cfg.x0_baseline:
-                step_prompts = [p for p in prompts for _ in range(cfg.num_steps)]  # (B * T,), sample-major
+                step_prompts = [p for p in prompts for _ in range(self.policy_steps)]  # (B * P,), sample-major
                 x0_prompts += step_prompts
                 x0_futures.append(self._executor.submit(self.reward, traj.x0_images.reshape(-1, *traj.images.shape[1:]),
                                                         step_prompts, [{"epoch": self.epoch, "x0": True}] * len(step_prompts)))
@@ -97,14 +100,14 @@ class DDPOTrainer:
         rewards = check_finite(np.concatenate([r for r, _ in results]).astype(np.float64), traj.prompts, self.reward.name)
         values = None
         if x0_futures:
-            values = np.concatenate([np.asarray(f.result()[0], np.float64) for f in x0_futures])  # (N * T,)
+            values = np.concatenate([np.asarray(f.result()[0], np.float64) for f in x0_futures])  # (N * P,)
             values = check_finite(values, x0_prompts, self.reward.name)
-            values = values.reshape(len(traj), cfg.num_steps)  # (N, T)
+            values = values.reshape(len(traj), self.policy_steps)  # (N, P)
         return traj, rewards, values, {k: v for _, info in results for k, v in info.items()}
 
     def advantages(self, prompts: list[str], rewards: np.ndarray, values: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """Rewards normalised per prompt (kvablack/ddpo-pytorch's stat tracker), less the state baseline when
-        ``values`` (N, T) are given, with statistics from every process; one advantage per sample and step (N, T)."""
+        ``values`` (N, P) are given, with statistics from every process; one advantage per sample and stochastic step (N, P)."""
         acc = self.accelerator
         index = torch.tensor([self.cfg.prompts.index(p) for p in prompts], device=acc.device)
         all_rewards = acc.gather(torch.as_tensor(rewards, device=acc.device)).cpu().numpy()
@@ -112,7 +115,7 @@ class DDPOTrainer:
         info = {"reward/mean": float(all_rewards.mean()), "reward/std": float(all_rewards.std()), "reward/count": len(all_rewards)}
         baseline = None
         if values is not None:
-            all_values = acc.gather(torch.as_tensor(values, device=acc.device)).cpu().numpy()  # (N, T)
+            all_values = acc.gather(torch.as_tensor(values, device=acc.device)).cpu().numpy()  # (N, P)
             groups = all_prompts if self.cfg.per_prompt_stat_tracking else [0] * len(all_prompts)
             baseline, removed = (self.baseline_fit or state_baseline)(all_rewards, all_values, groups)
             info["baseline/variance_removed"] = float(removed.mean())
@@ -121,8 +124,8 @@ class DDPOTrainer:
         else:
             centred = all_rewards - all_rewards.mean()
             adv = (centred if baseline is None else centred[:, None] - baseline) / (all_rewards.std() + 1e-6)
-        adv = adv if baseline is not None else np.repeat(adv[:, None], self.cfg.num_steps, axis=1)  # (N, T)
-        mine = adv.reshape(acc.num_processes, -1, self.cfg.num_steps)[acc.process_index]
+        adv = adv if baseline is not None else np.repeat(adv[:, None], self.policy_steps, axis=1)  # (N, P)
+        mine = adv.reshape(acc.num_processes, -1, self.policy_steps)[acc.process_index]
         return clip_advantages(mine, self.cfg.adv_clip_max), info
 
     def _chunk_loss(self, traj: Trajectories, adv: torch.Tensor, tidx: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -133,13 +136,12 @@ class DDPOTrainer:
         x = traj.latents[rows, tidx].flatten(0, 1)  # (b*k, C, h, w)
         x_next = traj.latents[rows, tidx + 1].flatten(0, 1)  # (b*k, C, h, w)
         t = traj.timesteps[tidx].flatten().to(x.device)  # (b*k,)
-        embeds = traj.prompt_embeds.repeat_interleave(k, 0)  # (b*k, L, D)
-        negative = traj.negative_embeds.repeat_interleave(k, 0)
+        cond = traj.cond.repeat_interleave(k)  # (b*k, ...)
         old_log_prob = traj.log_probs[rows, tidx].flatten()  # (b*k,)
         a = adv[rows, tidx].flatten()  # (b*k,)
         with self.accelerator.autocast():
-            eps = guided_noise(self.unet, x, t, embeds, negative, self.cfg.guidance_scale)
-        step = ddim_step(self.scheduler, eps, t, x, self.cfg.eta, prev_sample=x_next)
+            out = self.adapter.predict(self.unet, x, t, cond, self.cfg.guidance_scale)
+        step = self.adapter.step(self.scheduler, out, t, x, self.cfg.eta, prev_sample=x_next)
         if self.cfg.loss == "is":
             loss, info = policy_loss(step.log_prob, old_log_prob, a, self.cfg.clip_range)
             info = {f"ppo/{k_}": float(v) for k_, v in info.items()}
@@ -148,8 +150,8 @@ class DDPOTrainer:
         if self.cfg.kl_coef > 0:
             reference = reference_model(self.accelerator.unwrap_model(self.unet), self.ref_unet)
             with torch.no_grad(), reference as ref, self.accelerator.autocast():
-                ref_step = ddim_step(self.scheduler, guided_noise(ref, x, t, embeds, negative, self.cfg.guidance_scale),
-                                     t, x, self.cfg.eta, prev_sample=x_next)
+                ref_step = self.adapter.step(self.scheduler, self.adapter.predict(ref, x, t, cond, self.cfg.guidance_scale),
+                                             t, x, self.cfg.eta, prev_sample=x_next)
             kl = gaussian_kl(step.mean, ref_step.mean, step.std).mean()
             loss = loss + self.cfg.kl_coef * kl
             info["kl/to_base"] = float(kl.detach())
@@ -158,11 +160,11 @@ class DDPOTrainer:
     def update(self, traj: Trajectories, advantages: np.ndarray) -> dict:
         """Inner epochs over the samples: each sample trains on its own shuffled ``timestep_fraction`` of
         steps; gradients accumulate over those timesteps and ``gradient_accumulation_steps`` micro-batches.
-        ``advantages`` are one per sample and step (N, T), as `advantages` returns them."""
+        ``advantages`` are one per sample and stochastic step (N, P), as `advantages` returns them."""
         cfg, acc = self.cfg, self.accelerator
-        n, steps = len(traj), len(traj.timesteps)
+        n, steps = len(traj), traj.log_probs.shape[1]
         n_train = max(1, int(steps * cfg.timestep_fraction))
-        adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)  # (N, T)
+        adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)  # (N, P)
         per_forward = cfg.timesteps_per_forward
         chunks = [range(j, min(j + per_forward, n_train)) for j in range(0, n_train, per_forward)]  # same every micro-batch
         self.unet.train()

@@ -2,7 +2,7 @@
 
 A labelled pair's two images were sampled by the round's policy, which kept each one's chain (`rlhf.dpo.trajectory`).
 Each optimizer step replays a share of every pair's steps x_t -> x_{t-1} under the policy being trained, with the
-DDIM log-probability DDPO uses (`rlhf.ddpo.logprob.ddim_step`), and descends `rlhf.dpo.loss.d3po_loss` on the
+step log-probability DDPO uses (the pipeline adapter's DDIM or LCM step), and descends `rlhf.dpo.loss.d3po_loss` on the
 log-ratios to the reference. The reference is the policy that sampled the pair (the round's starting policy), whose
 log-probabilities were stored at sampling, so no reference forward is needed. Unlike the authors' code, which
 steps the optimizer once per timestep, one step's gradient sums over the pair's chosen timesteps (as DDPO's does).
@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf.ddpo.logprob import ddim_step
-from rlhf.ddpo.sampling import encode_prompts, guided_noise, make_scheduler
+from rlhf.adapters import PipelineAdapter
 from rlhf.dpo.data import PairsError, PreferencePair
 from rlhf.dpo.loss import d3po_loss
 from rlhf.dpo.trainer import PreferenceTrainer
@@ -62,9 +61,10 @@ class D3POTrainer(PreferenceTrainer):
         if not all(first.matches(t) for p in pairs for t in (p.winner, p.loser)):
             raise PairsError("the pairs' trajectories were sampled with different steps, eta or guidance; train on the "
                              "pairs of one round at a time")
-        self.scheduler = make_scheduler(self.pipe, len(first.timesteps))
+        self.adapter = PipelineAdapter(self.pipe)
+        self.scheduler = self.adapter.scheduler(len(first.timesteps))
         if not np.array_equal(self.scheduler.timesteps.numpy(), first.timesteps):
-            raise PairsError(f"the trajectories' timesteps {first.timesteps.tolist()} are not this pipeline's DDIM "
+            raise PairsError(f"the trajectories' timesteps {first.timesteps.tolist()} are not this pipeline's "
                              f"schedule {self.scheduler.timesteps.tolist()}; train with the pipeline that sampled them")
         self.eta, self.guidance_scale = first.eta, first.guidance_scale
         return super().train(pairs, steps, progress)
@@ -73,13 +73,13 @@ class D3POTrainer(PreferenceTrainer):
         """Each pair's own random ``timestep_fraction`` of steps, winners and losers stacked into one forward per
         ``timesteps_per_forward`` of them."""
         device, cfg = self.accelerator.device, self.cfg
-        n_steps = len(batch[0].winner.timesteps)
+        n_steps = len(batch[0].winner.log_probs)  # the stochastic steps
         k = max(1, round(n_steps * cfg.timestep_fraction))
         chosen = np.stack([self.rng.permutation(n_steps)[:k] for _ in batch])  # (B, k)
-        embeds, negative = encode_prompts(self.pipe, [p.prompt for p in batch], device)  # (B, L, D) each
+        cond = self.adapter.encode([p.prompt for p in batch], device).repeat(2)  # (2B, ...): winners, then losers
         chains = [p.winner for p in batch] + [p.loser for p in batch]
-        latents = torch.from_numpy(np.stack([c.latents for c in chains])).to(device, embeds.dtype)  # (2B, T+1, C, h, w)
-        ref_log_probs = torch.from_numpy(np.stack([c.log_probs for c in chains])).to(device)  # (2B, T)
+        latents = torch.from_numpy(np.stack([c.latents for c in chains])).to(device, cond.embeds.dtype)  # (2B, T+1, C, h, w)
+        ref_log_probs = torch.from_numpy(np.stack([c.log_probs for c in chains])).to(device)  # (2B, P)
         timesteps = torch.from_numpy(batch[0].winner.timesteps).to(device)  # (T,)
         steps_idx = torch.from_numpy(np.concatenate([chosen, chosen])).to(device)  # (2B, k): a pair's two at one step
         rows = torch.arange(2 * len(batch), device=device)[:, None]  # (2B, 1)
@@ -90,11 +90,9 @@ class D3POTrainer(PreferenceTrainer):
             c = idx.shape[1]
             x, x_next = latents[rows, idx].flatten(0, 1), latents[rows, idx + 1].flatten(0, 1)  # (2B*c, C, h, w)
             t = timesteps[idx].flatten()  # (2B*c,)
-            cond = embeds.repeat(2, 1, 1).repeat_interleave(c, 0)  # (2B*c, L, D)
-            uncond = negative.repeat(2, 1, 1).repeat_interleave(c, 0)
             with self.accelerator.autocast():
-                eps = guided_noise(self.unet, x, t, cond, uncond, self.guidance_scale)
-            log_prob = ddim_step(self.scheduler, eps, t, x, self.eta, prev_sample=x_next).log_prob  # (2B*c,)
+                out = self.adapter.predict(self.unet, x, t, cond.repeat_interleave(c), self.guidance_scale)
+            log_prob = self.adapter.step(self.scheduler, out, t, x, self.eta, prev_sample=x_next).log_prob  # (2B*c,)
             ref = ref_log_probs[rows, idx].flatten()  # (2B*c,)
             loss, info = d3po_loss(*log_prob.chunk(2), *ref.chunk(2), cfg.beta, cfg.clip_range)
             self.accelerator.backward(loss * scale * c / k)

@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from rlhf.adapters import Conditioning, PipelineAdapter
 from rlhf.dpo.config import DPOConfig
 from rlhf.dpo.data import PreferencePair, load_pixels
 from rlhf.dpo.loss import diffusion_dpo_loss
@@ -160,6 +161,7 @@ class DiffusionDPOTrainer(PreferenceTrainer):
             raise ValueError(f"prediction_type {self.noise_scheduler.config.prediction_type!r}: Diffusion-DPO here "
                              "supports 'epsilon' and 'v_prediction'")
         self.resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.adapter = PipelineAdapter(pipe)
         super().__init__(pipe, cfg, run_dir, accelerator)
 
     # ----------------------------------------------------------------- the loss of a batch of pairs
@@ -172,10 +174,10 @@ class DiffusionDPOTrainer(PreferenceTrainer):
             z = vae.encode(x.to(self.accelerator.device, vae.dtype)).latent_dist.sample()
         return z * vae.config.scaling_factor
 
-    def errors(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean squared error of ``unet``'s prediction against ``target``, (2B,)."""
+    def errors(self, unet, noisy: torch.Tensor, t: torch.Tensor, cond: Conditioning, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean squared error of ``unet``'s unguided prediction against ``target``, (2B,)."""
         with self.accelerator.autocast():
-            pred = unet(noisy, t, encoder_hidden_states=embeds).sample  # (2B, C, h, w)
+            pred = self.adapter.predict(unet, noisy, t, cond, None)  # (2B, C, h, w)
         return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
     def pair_loss(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, dict]:
@@ -188,10 +190,10 @@ class DiffusionDPOTrainer(PreferenceTrainer):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device).repeat(2)  # (2B,)
         noisy = scheduler.add_noise(z, noise, t)
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z, noise, t)
-        embeds = self.pipe.encode_prompt([p.prompt for p in pairs], device, 1, False)[0].repeat(2, 1, 1)  # (2B, L, D), no CFG
-        err = self.errors(self.unet, noisy, t, embeds, target)
+        cond = self.adapter.encode([p.prompt for p in pairs], device, guided=False).repeat(2)  # (2B, ...), no CFG
+        err = self.errors(self.unet, noisy, t, cond, target)
         with torch.no_grad(), reference_model(self.accelerator.unwrap_model(self.unet), self.ref_unet) as ref:
-            ref_err = self.errors(ref, noisy, t, embeds, target)
+            ref_err = self.errors(ref, noisy, t, cond, target)
         loss, info = diffusion_dpo_loss(*err.chunk(2), *ref_err.chunk(2), self.cfg.beta)
         return loss, {f"dpo/{k}": float(v) for k, v in info.items()} | {"dpo/loss": float(loss.detach())}
 

@@ -20,7 +20,7 @@ SUFFIX = ".traj.npz"
 @dataclass(frozen=True)
 class Trajectory:
     latents: np.ndarray  # (T + 1, C, h, w) float32: x_T, ..., x_0 (exact: half-precision values widen losslessly)
-    log_probs: np.ndarray  # (T,) float32: log pi_ref(x_{t-1} | x_t), averaged over latent dimensions
+    log_probs: np.ndarray  # (P,) float32: log pi_ref(x_{t-1} | x_t) of the stochastic steps, averaged over latent dimensions
     timesteps: np.ndarray  # (T,) int64
     eta: float
     guidance_scale: float
