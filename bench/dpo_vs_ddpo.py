@@ -464,7 +464,7 @@ def methods(args) -> None:
             "taste": args.taste, "rounds": args.rounds, "preset": "toy",
             "labels_per_round": "400 pairs queued (32 audit) per round, the same budget for every method",
             "eval": "hidden score: 16 toy_train prompts x 16 held-out seeds; prompt following: 32 toy_eval prompts x 4 seeds",
-            "machine": "2 cores shared with a full test run: the minutes are upper bounds"}
+            "machine": "2 cores, at times shared with other jobs: the minutes are upper bounds"}
         OUT.write_text(json.dumps(previous, indent=2) + "\n")
         print(f"wrote {method} into {OUT} ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
 
