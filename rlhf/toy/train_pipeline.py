@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rlhf.paths import TOY_CLIP
@@ -198,4 +199,8 @@ def train_pipeline(out_dir: Path, cfg: PipelineTrainConfig = PipelineTrainConfig
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)
+    # The text tower holds the toy CLIP's weights, which are fp16 values: in fp16 they are stored exactly, at half
+    # the size, and from_pretrained still loads them as float32.
+    weights = out_dir / "text_encoder" / "model.safetensors"
+    save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
     return {"vae_mse": vae_mse, "vae_scaling_factor": scaling, "unet_loss": unet_loss}
