@@ -11,8 +11,9 @@ project on PYTHONPATH for the rewards and the evaluation), so peak memory is per
   1e-2, train batch 4 -> 2 optimizer steps, per-prompt stat tracking, 4 samples per prompt): per repeat a fresh
   process, 1 warm-up epoch, 2 timed epochs; repeats interleaved ours/trl/bare; the median over all timed epochs.
 * "Bare UNet compute" of the same epoch: a plain loop with the same sampling forwards (CFG), VAE decode,
-  training forward+backward and optimizer steps, and no bookkeeping; once with our batch shapes (10 timesteps
-  stacked in one forward) and once with trl's (one forward per timestep).
+  training forward+backward and optimizer steps, and no bookkeeping; once with our batch shapes (the toy preset's
+  ``timesteps_per_forward`` timesteps stacked in one forward) and once with trl's (one forward per timestep).
+  Our engine is also timed with 1 and 10 timesteps per forward, for the time and memory that choice trades.
 * Peak memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of each worker process (peak RSS, whole process).
 * Time to reward: a small sweep (lr / clip range, samples per prompt, LoRA r4 or full fine-tuning), the same
   settings for both engines, on two fixed tasks with fixed target gains (``TASKS``: toy hidden taste
@@ -139,6 +140,28 @@ def evaluate(pipe, unet, reward, prompts: list[str], num_steps: int, guidance_sc
     return float(np.mean(rewards))
 
 
+def following(engine) -> dict:
+    """Prompt following of the engine's current policy at its own sampler settings: the share of images showing
+    every attribute their caption asks for, and each attribute's, on the toy evaluation prompts (2 seeds each)."""
+    import torch
+
+    from rlhf.ddpo.sampling import sample_trajectories
+    from rlhf.prompts import load_prompts as read_prompt_set
+    from rlhf.toy.analyse import analyse
+    from rlhf.toy.quality import following_rates
+    from rlhf.toy.world import parse_caption
+
+    pipe, shape = engine.pipe, engine.shape
+    pipe.unet.eval()
+    prompts = [p.text for p in read_prompt_set("toy_eval") for _ in range(2)]
+    gens = [torch.Generator().manual_seed(EVAL_SEED + i % 2) for i in range(len(prompts))]
+    images = [im for start in range(0, len(prompts), 32) for im in sample_trajectories(
+        pipe, pipe.unet, prompts[start:start + 32], num_steps=shape["num_steps"], eta=shape["eta"],
+        guidance_scale=shape["guidance_scale"], generator=gens[start:start + 32]).images]
+    rates = following_rates([analyse(im) for im in images], [parse_caption(p) for p in prompts])
+    return {k: round(v, 4) for k, v in rates.items()}
+
+
 class Engine:
     """One engine behind a common face: ``epoch()`` trains one epoch, ``score()`` evaluates the policy.
 
@@ -231,7 +254,9 @@ class Bare(Engine):
 
         from rlhf.models import load_pipeline, precision_dtype
 
-        self.stacked = stacked
+        from rlhf.ddpo.config import PRESETS
+
+        self.per_forward = self.setting.get("timesteps_per_forward", PRESETS["toy"].timesteps_per_forward) if stacked else 1
         self.dtype = precision_dtype(self.precision)
         self.pipe = pipe = load_pipeline(self.pipeline, dtype=self.dtype, device=self.device)
         for part in (pipe.vae, pipe.text_encoder, pipe.unet):
@@ -270,7 +295,7 @@ class Bare(Engine):
         for start in range(0, B, tb):
             xb = lat[start:start + tb, :T]  # (tb, T, c, s, s)
             nb, pb = self.cond[B + start:B + start + tb], self.cond[start:start + tb]
-            groups = [list(range(T))] if self.stacked else [[j] for j in range(T)]
+            groups = [list(range(j, min(j + self.per_forward, T))) for j in range(0, T, self.per_forward)]
             for js in groups:
                 xj = xb[:, js].flatten(0, 1)
                 tj = ts[js].repeat(tb)
@@ -314,6 +339,8 @@ def worker(job: dict) -> dict:
                 cpu.append(time.process_time() - c)
             out["epoch_s"], out["epoch_cpu_s"] = times[job["warmup"]:], cpu[job["warmup"]:]
         else:
+            if job.get("following"):
+                out["following_before"] = following(engine)
             train_s, train_cpu_s = 0.0, 0.0
             curve = [{"epoch": 0, "train_s": 0.0, "train_cpu_s": 0.0, "eval": engine.score()}]
             for e in range(1, job["max_epochs"] + 1):
@@ -329,6 +356,8 @@ def worker(job: dict) -> dict:
                     if job.get("stop_at") is not None and curve[-1]["eval"] - curve[0]["eval"] >= job["stop_at"]:
                         break
             out["curve"] = curve
+            if job.get("following"):
+                out["following_after"] = following(engine)
         out["peak_rss_kib"] = peak_rss_kib()
         if cuda:
             out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -359,20 +388,29 @@ def time_to_target(curve: list[dict], target: float, key: str = "train_s") -> fl
     return None
 
 
+PER_FORWARD = (1, 10)  # our engine's other timesteps_per_forward, timed beside the toy preset's
+
+
 def timing(repeats: int, epochs: int, log) -> dict:
-    engines = ["ours", "trl", "bare", "bare_per_timestep"]
-    runs = {e: [] for e in engines}
+    from rlhf.ddpo.config import PRESETS
+
+    variants = {f"ours_timesteps_per_forward_{k}": ("ours", {"timesteps_per_forward": k}) for k in PER_FORWARD}
+    jobs = {e: (e, {}) for e in ("ours", "trl", "bare", "bare_per_timestep")} | variants
+    runs = {e: [] for e in jobs}
     for r in range(repeats):
-        for e in engines:  # interleaved, so load from other jobs on the machine hits every engine alike
-            job = dict(kind="timing", engine=e, setting=TIMING_SETTING, reward=TASTE_TASK, warmup=1, epochs=epochs)
+        for e, (engine, change) in jobs.items():  # interleaved, so load from other jobs hits every engine alike
+            job = dict(kind="timing", engine=engine, setting=TIMING_SETTING | change, reward=TASTE_TASK, warmup=1,
+                       epochs=epochs)
             runs[e].append(run_job(job))
             log(f"timing repeat {r + 1} {e:<18} epochs {[round(t, 2) for t in runs[e][-1]['epoch_s']]} s, "
                 f"peak RSS {runs[e][-1]['peak_rss_kib'] / 1024:.0f} MiB")
-    med = {e: statistics.median(t for run in runs[e] for t in run["epoch_s"]) for e in engines}
-    cpu = {e: statistics.median(t for run in runs[e] for t in run["epoch_cpu_s"]) for e in engines}
-    peak = {e: max(run["peak_rss_kib"] for run in runs[e]) for e in engines}
-    loaded = {e: statistics.median(run["rss_after_load_kib"] for run in runs[e]) for e in engines}
+    med = {e: statistics.median(t for run in runs[e] for t in run["epoch_s"]) for e in jobs}
+    cpu = {e: statistics.median(t for run in runs[e] for t in run["epoch_cpu_s"]) for e in jobs}
+    peak = {e: max(run["peak_rss_kib"] for run in runs[e]) for e in jobs}
+    loaded = {e: statistics.median(run["rss_after_load_kib"] for run in runs[e]) for e in jobs}
+    engines = list(jobs)
     return {
+        "ours_timesteps_per_forward": PRESETS["toy"].timesteps_per_forward,
         "repeats": repeats, "timed_epochs_per_repeat": epochs, "warmup_epochs_per_repeat": 1,
         "median_epoch_s": {e: round(v, 3) for e, v in med.items()},
         "median_epoch_cpu_s": {e: round(v, 3) for e, v in cpu.items()},
@@ -391,12 +429,13 @@ def timing(repeats: int, epochs: int, log) -> dict:
 
 
 def reward_run(engine: str, setting: dict, task: str, target: float | None, max_epochs: int, seed: int = 42,
-               stop: bool = True) -> dict:
-    """Trains from the base model, evaluating every EVAL_EVERY epochs; stops at the target unless ``stop`` is off."""
-    curve = run_job(dict(kind="reward", engine=engine, setting=setting, reward=task, max_epochs=max_epochs,
-                         eval_every=EVAL_EVERY, stop_at=target if stop else None, seed=seed))["curve"]
-    base = curve[0]["eval"]
-    return {"time_to_target_s": time_to_target(curve, target) if target is not None else None,
+               stop: bool = True, **job) -> dict:
+    """Trains from the base model, evaluating every EVAL_EVERY epochs; stops at the target unless ``stop`` is off.
+    ``job`` adds to the worker's job (another ``pipeline`` and ``epoch`` shape; ``following`` before and after)."""
+    done = run_job(dict(kind="reward", engine=engine, setting=setting, reward=task, max_epochs=max_epochs,
+                        eval_every=EVAL_EVERY, stop_at=target if stop else None, seed=seed, **job))
+    curve, base = done["curve"], done["curve"][0]["eval"]
+    return {k: done[k] for k in ("following_before", "following_after") if k in done} | {"time_to_target_s": time_to_target(curve, target) if target is not None else None,
             "time_to_target_cpu_s": time_to_target(curve, target, "train_cpu_s") if target is not None else None,
             "base": round(base, 4), "best_gain": round(max(p["eval"] for p in curve) - base, 4),
             "last_gain": round(curve[-1]["eval"] - base, 4),
@@ -453,6 +492,13 @@ def sweep(settings: dict, tasks: dict, seeds: tuple[int, ...], log, ours_only: d
     return results
 
 
+def best_setting(runs: dict) -> str:
+    """The name of the setting (of ``setting_summary``s) that crossed on the most seeds, then the fastest median,
+    then the largest median gain."""
+    return min(runs, key=lambda n: (-sum(t is not None for t in runs[n]["time_to_target_s"].values()),
+                                    never_last(runs[n]["median_time_to_target_s"]), -runs[n]["median_best_gain"]))
+
+
 def choose(task_results: dict) -> dict:
     """Each engine's setting for a task, and the ratio: the most seeds that crossed the target, then the fastest
     median, then (no seed crossed) the largest median gain. Crossings come first because a median of 3 seeds
@@ -461,8 +507,7 @@ def choose(task_results: dict) -> dict:
                                                                  "ratio_reason")}
     for e in ("ours", "trl"):
         runs = out[e]
-        best = min(runs, key=lambda n: (-sum(t is not None for t in runs[n]["time_to_target_s"].values()),
-                                        never_last(runs[n]["median_time_to_target_s"]), -runs[n]["median_best_gain"]))
+        best = best_setting(runs)
         out[f"{e}_best"] = {"setting": best} | {k: runs[best][k] for k in ("median_time_to_target_s", "time_to_target_s")}
     o, t = out["ours_best"], out["trl_best"]
     return out | ratio(o["median_time_to_target_s"], t["median_time_to_target_s"],
@@ -522,18 +567,10 @@ def seed_mean(runs: dict, target: float) -> dict:
 
 
 def ablation(sweep_results: dict | None, seeds: tuple[int, ...], log) -> dict:
-    """Our engine with one choice changed at a time from BASELINE (= the timing setting): epoch time and memory,
-    and time to reward over the sweep's seeds (the sweep's own runs where it has the setting)."""
+    """Our engine with one choice changed at a time from BASELINE (= the timing setting): time to reward over the
+    sweep's seeds (the sweep's own runs where it has the setting). Timesteps per forward are timed in `timing`."""
     out = {"async_rewards": "not run: with one sampling batch per epoch there is nothing for the reward thread to "
                             "overlap with, so it cannot change these figures"}
-    variants = {"timesteps_per_forward 10 (baseline)": {}, "timesteps_per_forward 1": dict(timesteps_per_forward=1)}
-    for name, change in variants.items():
-        t = run_job(dict(kind="timing", engine="ours", setting=TIMING_SETTING | change, reward=TASTE_TASK,
-                         warmup=1, epochs=2))
-        out[name] = {"epoch_s": round(statistics.median(t["epoch_s"]), 3),
-                     "peak_rss_mib": round(t["peak_rss_kib"] / 1024, 1),
-                     "note": "same gradient either way (pinned by the tests); only time and memory change"}
-        log(f"ablation {name:<36} {out[name]}")
     sweep_results = sweep_results or {}
     one_per_prompt, x0 = "lora r4, lr 1e-2, clip 1e-2, 1/prompt", "x0 baseline, lora r4, lr 1e-2, clip 1e-2, 4/prompt"
     x0_history = "x0 baseline from history, lora r4, lr 1e-2, clip 1e-2, 4/prompt"

@@ -187,3 +187,14 @@ def test_ddpo_on_the_toy_lcm_at_4_steps_raises_the_striped_taste_on_held_out_see
     before = striped(trainer.pipe, trainer.unet)
     trainer.train(10, progress=False)
     assert striped(trainer.pipe, trainer.unet) > before + 0.15
+
+
+@pytest.mark.parametrize("method", ["ddpo", "d3po"])
+def test_a_round_runs_on_the_toy_lcm(tmp_path, method):
+    from rlhf.round.loop import Loop
+    from test_round import assert_round_complete, tiny
+
+    run_dir = tmp_path / "runs"
+    Loop(run_dir, tiny("synthetic:striped", f"pipeline={TOY_LCM}", f"method={method}")).run(1)
+    assert_round_complete(run_dir)
+    assert latest_checkpoint(run_dir / "round-001" / method) is not None

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlhf.ddpo.rewards import AestheticHead
-from rlhf.paths import ROOT, TOY_CLIP, TOY_PIPELINE
+from rlhf.paths import ROOT, TOY_CLIP, TOY_LCM, TOY_PIPELINE
 from test_round import TINY, assert_round_complete
 
 COMMIT = "5f1ee3b2c0a1d4e6f7a8b9c0d1e2f3a4b5c6d7e8"
@@ -37,13 +37,16 @@ def cache_repo(hub: Path, repo_id: str, files: dict[str, Path]) -> None:
 
 
 def tree(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "training_summary.json"}
+    """Every file under ``folder``, through linked folders too (the toy LCM links the toy SD's parts)."""
+    files = {Path(d) / name for d, _, names in os.walk(folder, followlinks=True) for name in names}
+    return {str(p.relative_to(folder)): p for p in sorted(files) if p.name != "training_summary.json"}
 
 
 @pytest.fixture(scope="module")
 def hf_home(tmp_path_factory, preference_clip) -> Path:
     home = tmp_path_factory.mktemp("hf_home")
     cache_repo(home / "hub", "toyorg/toy-sd", tree(TOY_PIPELINE))
+    cache_repo(home / "hub", "toyorg/toy-lcm", tree(TOY_LCM))
     cache_repo(home / "hub", "toyorg/toy-clip", tree(TOY_CLIP))
     torch.save(AestheticHead(64).state_dict(), home / "head.pth")
     cache_repo(home / "hub", "toyorg/toy-aesthetic", {"head.pth": home / "head.pth"})
@@ -78,6 +81,8 @@ from rlhf.toy.world import dataset
 
 pipe = load_pipeline("toyorg/toy-sd@main")
 assert type(pipe).__name__ == "StableDiffusionPipeline", type(pipe)
+lcm = load_pipeline("toyorg/toy-lcm")
+assert type(lcm).__name__ == "LatentConsistencyModelPipeline" and lcm.unet.config.time_cond_proj_dim, type(lcm)
 clip = load_clip("hf-hub:toyorg/toy-clip")
 image = dataset(1)[0].image
 assert np.isfinite(Aesthetic(clip, "toyorg/toy-aesthetic/head.pth")([image], ["x"], [])[0]).all()
