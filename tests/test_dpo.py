@@ -97,6 +97,12 @@ def test_resume_from_a_checkpoint_is_exact(pairs, tmp_path):
     for (name, p), q in zip(straight.unet.named_parameters(), resumed.unet.parameters()):
         assert torch.equal(p, q), name
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "a" / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    for tag in ("dpo/loss", "dpo/implicit_acc", "train/grad_norm"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4], tag
+
 
 def _write(rows, path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
