@@ -474,7 +474,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("step", help="one Diffusion-DPO step: ours vs its bare work and vs diffusers' script")
     s.add_argument("--warmup", type=int, default=3, help="untimed cycles at the start")
-    s.add_argument("--repeats", type=int, default=30, help="timed cycles (one step of each side per cycle)")
+    s.add_argument("--repeats", type=int, default=90, help="timed cycles (one step of each side per cycle)")
     s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     s.set_defaults(run=step)
     m = sub.add_parser("methods", help="DDPO + reward model vs Diffusion-DPO vs D3PO over toy rounds")

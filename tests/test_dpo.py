@@ -137,3 +137,14 @@ def test_bad_input_gets_one_line_and_no_run_folder(pairs, tmp_path, capsys, rows
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
     assert not (tmp_path / "run").exists()
+
+
+def test_prompt_conditioning_is_encoded_once_and_the_cache_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr("rlhf.dpo.trainer.CACHE_SIZE", 2)
+    trainer = DiffusionDPOTrainer(load_pipeline(), TINY, tmp_path)
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    cached = trainer.encode(prompts)
+    torch.testing.assert_close(cached.embeds, trainer.adapter.encode(prompts, "cpu", guided=False).embeds)
+    assert list(trainer.embed_cache) == ["a blue square", "a red circle"]
+    trainer.encode(["a green triangle"])
+    assert list(trainer.embed_cache) == ["a red circle", "a green triangle"]  # the least recent went
