@@ -53,7 +53,8 @@ class DDPOConfig:
     timestep_fraction: float = 1.0
     """share of each trajectory's (shuffled) timesteps that is trained"""
     timesteps_per_forward: int = 1
-    """timesteps stacked into one UNet forward during training (the reference: 1); same gradient, better batch shape"""
+    """timesteps stacked into one UNet forward during training (the reference: 1; 0: all trained timesteps); same
+    gradient, better batch shape"""
     x0_baseline: bool = False
     """subtract from each step's advantage a fitted multiple of the reward of that step's predicted x_0, an unbiased
     state baseline (not in the reference; see advantages.state_baseline); costs a VAE decode and reward per step"""
@@ -119,7 +120,7 @@ class DDPOConfig:
 
 
 AT_LEAST = {"num_steps": 1, "sample_batch_size": 1, "num_batches_per_epoch": 1, "samples_per_prompt": 1,
-            "train_batch_size": 1, "gradient_accumulation_steps": 1, "num_inner_epochs": 1, "timesteps_per_forward": 1,
+            "train_batch_size": 1, "gradient_accumulation_steps": 1, "num_inner_epochs": 1, "timesteps_per_forward": 0,
             "stat_buffer_size": 1, "stat_min_count": 1, "lora_rank": 1, "num_epochs": 0, "save_every": 0,
             "guidance_scale": 0, "adam_weight_decay": 0, "kl_coef": 0}
 ABOVE = {"learning_rate": 0, "clip_range": 0, "adv_clip_max": 0, "max_grad_norm": 0, "adam_epsilon": 0}
@@ -131,7 +132,8 @@ PRESETS: dict[str, DDPOConfig] = {
     # Measured on the toy world (docs/results/ddpo_toy_sweep.md): the reference's lr 3e-4 / clip 1e-4 did not move
     # the tiny pipeline, lr 1e-2 rose then collapsed, 16 samples an epoch left the gradient to noise. 64 samples
     # (8 prompts x 8) with each prompt normalised by its own 8 samples from the first epoch; fp32 on CPU. Two
-    # timesteps per forward: as fast as ten on 2 cores, at a third of their activation memory (bench/ddpo_vs_trl.py).
+    # timesteps per forward: as fast as all ten on 2 cores, at about half the peak memory under the round's settings
+    # (bench/round_ddpo_speed.py) and a third of the activation memory under ddpo_vs_trl's (bench/ddpo_vs_trl.py).
     "toy": DDPOConfig(
         num_steps=10, sample_batch_size=64, num_batches_per_epoch=1, samples_per_prompt=8, balanced_prompts=True,
         train_batch_size=8, learning_rate=3e-3, clip_range=1e-2, timesteps_per_forward=2, stat_buffer_size=32,

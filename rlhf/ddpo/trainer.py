@@ -165,7 +165,7 @@ class DDPOTrainer:
         n, steps = len(traj), traj.log_probs.shape[1]
         n_train = max(1, int(steps * cfg.timestep_fraction))
         adv = torch.as_tensor(advantages, dtype=torch.float32, device=acc.device)  # (N, P)
-        per_forward = cfg.timesteps_per_forward
+        per_forward = cfg.timesteps_per_forward or n_train
         chunks = [range(j, min(j + per_forward, n_train)) for j in range(0, n_train, per_forward)]  # same every micro-batch
         self.unet.train()
         logs: dict[str, list[float]] = {}

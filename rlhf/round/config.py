@@ -62,12 +62,12 @@ class RoundConfig:
     ddpo_preset: str = "toy"
     """DDPO preset the ``ddpo`` overrides apply to: 'toy' (measured on the toy world) or 'reference' (ddpo-pytorch)"""
     ddpo: dict[str, Any] = field(default_factory=lambda: {"num_epochs": 10, "kl_coef": 0.03, "save_every": 5,
-                                                          "x0_baseline": True, "timesteps_per_forward": 10})
-    """overrides of the DDPO preset (any DDPO setting below), e.g. {num_epochs = 30}; the KL to the base model guards
-    later rounds against drifting off the prompts, and the per-step state baseline is what lets 10 epochs raise a
-    learned reward (docs/results/state_baseline.md); with the KL's reference forward, stacking all 10 toy timesteps
-    in one forward runs 3 epochs in 55 s where the preset's 2 take 77 s; its sampler settings (num_steps,
-    eta, guidance_scale) draw every round's images, whatever the method"""
+                                                          "x0_baseline": True})
+    """overrides of the DDPO preset (any DDPO setting below), e.g. {num_epochs = 30}; the default is the toy world's
+    (the sd15, sdxl and lcm presets set their own): the KL to the base model guards later rounds against drifting off
+    the prompts, and the per-step state baseline is what lets 10 epochs raise a learned reward
+    (docs/results/state_baseline.md); its sampler settings (num_steps, eta, guidance_scale) draw every round's
+    images, whatever the method"""
     dpo_preset: str = "toy"
     """preset of the direct method ('toy' or 'reference') the ``dpo`` overrides apply to"""
     dpo: dict[str, Any] = field(default_factory=dict)
