@@ -1,6 +1,6 @@
-"""A toy round's DDPO epoch with all trained timesteps in one UNet forward (the round's default,
-``timesteps_per_forward = 0``) against the toy DDPO preset's 2 per forward, under the round's settings (the KL to
-the base model, which adds a reference forward, and the x0 state baseline).
+"""A toy round's DDPO epoch with all trained timesteps in one UNet forward (``timesteps_per_forward = 0``) against
+the toy DDPO preset's 2 per forward, which the rounds use, under the round's settings (the KL to the base model,
+which adds a reference forward, and the x0 state baseline).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/round_ddpo_speed.py   # about 8 min on 2 cores
 
